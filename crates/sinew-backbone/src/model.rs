@@ -1,0 +1,471 @@
+//! The BERT-family encoder (BERT, MiniLM, RoBERTa), one readable file.
+//!
+//! Module and field names mirror the HuggingFace checkpoint keys (`embeddings.word_embeddings`,
+//! `encoder.layer.N.attention.self.query`, …) so that loading is a near-identity key map; the two
+//! renames Rust forces (`self` → `self_attention`, `LayerNorm` → `layer_norm`) live in
+//! [`crate::load`]. Every adapter hook site is marked `hooks.` below.
+
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, softmax};
+
+use crate::config::BertConfig;
+use crate::hooks::{AttentionKv, Hooks, NoHooks, Projection, SubLayer};
+
+/// Added to the attention scores of padded keys, as HuggingFace does (`finfo(float32).min`).
+const MASKED_SCORE: f32 = f32::MIN;
+
+/// A tokenized batch, every tensor `[batch, seq]`.
+#[derive(Debug, Clone)]
+pub struct EncoderInput<B: Backend> {
+    /// Token ids.
+    pub input_ids: Tensor<B, 2, Int>,
+    /// Segment ids (0 for single sentences).
+    pub token_type_ids: Tensor<B, 2, Int>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor<B, 2, Int>,
+}
+
+/// What the encoder returns.
+#[derive(Debug, Clone)]
+pub struct EncoderOutput<B: Backend> {
+    /// Hidden states of the last layer, `[batch, seq, hidden]`, padded positions included.
+    pub last_hidden_state: Tensor<B, 3>,
+    /// 1.0 for real tokens, 0.0 for padding, `[batch, seq]` (as extended by hooks, if any).
+    pub keep: Tensor<B, 2>,
+    /// `tanh(dense(h[CLS]))`, `[batch, hidden]`, when the checkpoint has a pooler.
+    pub pooler_output: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> EncoderOutput<B> {
+    /// Mask-weighted mean of the last hidden states, `[batch, hidden]` (sentence-transformers pooling).
+    pub fn mean_pooled(&self) -> Tensor<B, 2> {
+        let [batch, seq, _] = self.last_hidden_state.dims();
+        let keep = self.keep.clone().reshape([batch, seq, 1]);
+        let summed = (self.last_hidden_state.clone() * keep.clone()).sum_dim(1);
+        let count = keep.sum_dim(1).clamp_min(1e-9);
+        (summed / count).squeeze_dim(1)
+    }
+}
+
+/// Word, position and token-type embeddings, summed and normalised.
+#[derive(Module, Debug)]
+pub struct Embeddings<B: Backend> {
+    /// `embeddings.word_embeddings`, `[vocab, hidden]`.
+    pub word_embeddings: Embedding<B>,
+    /// `embeddings.position_embeddings`, `[max_positions, hidden]`.
+    pub position_embeddings: Embedding<B>,
+    /// `embeddings.token_type_embeddings`, `[type_vocab, hidden]`.
+    pub token_type_embeddings: Embedding<B>,
+    /// `embeddings.LayerNorm`.
+    pub layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+    /// RoBERTa counts positions from `pad_token_id + 1`, skipping padding.
+    #[module(skip)]
+    roberta_pad: Option<usize>,
+}
+
+impl<B: Backend> Embeddings<B> {
+    /// `[batch, seq]` ids → `[batch, seq, hidden]`.
+    pub fn forward(&self, input: &EncoderInput<B>) -> Tensor<B, 3> {
+        let [batch, seq] = input.input_ids.dims();
+        let device = input.input_ids.device();
+        let positions = match self.roberta_pad {
+            None => Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+                .reshape([1, seq])
+                .expand([batch, seq]),
+            Some(pad) => {
+                let mask = input.attention_mask.clone();
+                mask.clone().cumsum(1) * mask + pad as i64
+            }
+        };
+        let x = self.word_embeddings.forward(input.input_ids.clone())
+            + self.position_embeddings.forward(positions)
+            + self
+                .token_type_embeddings
+                .forward(input.token_type_ids.clone());
+        self.dropout.forward(self.layer_norm.forward(x))
+    }
+}
+
+/// `attention.self`: the Q, K, V projections and scaled dot-product attention.
+#[derive(Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    /// `query`, hidden → hidden.
+    pub query: Linear<B>,
+    /// `key`, hidden → hidden.
+    pub key: Linear<B>,
+    /// `value`, hidden → hidden.
+    pub value: Linear<B>,
+    dropout: Dropout,
+    heads: usize,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    /// `[batch, seq, hidden]` with keep-mask `[batch, seq]` → context `[batch, seq, hidden]`.
+    pub fn forward<H: Hooks<B>>(
+        &self,
+        layer: usize,
+        hidden: Tensor<B, 3>,
+        keep: Tensor<B, 2>,
+        hooks: &mut H,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, width] = hidden.dims();
+        let head_dim = width / self.heads;
+        let split = |x: Tensor<B, 3>| {
+            let [b, s, _] = x.dims();
+            x.reshape([b, s, self.heads, head_dim]).swap_dims(1, 2)
+        };
+        let query = split(hooks.project(layer, Projection::Query, &self.query, hidden.clone()));
+        let key = split(hooks.project(layer, Projection::Key, &self.key, hidden.clone()));
+        let value = split(hooks.project(layer, Projection::Value, &self.value, hidden));
+        let AttentionKv { key, value, keep } =
+            hooks.attention_kv(layer, AttentionKv { key, value, keep });
+
+        let keys = keep.dims()[1];
+        let bias = (keep.neg() + 1.0).mul_scalar(MASKED_SCORE).reshape([batch, 1, 1, keys]);
+        let scores = query.matmul(key.swap_dims(2, 3)) / (head_dim as f64).sqrt() + bias;
+        let probs = self.dropout.forward(softmax(scores, 3));
+        probs
+            .matmul(value)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, width])
+    }
+}
+
+/// `attention.output` (and, with a wider input, the FFN's `output`): dense, dropout, then the
+/// sub-layer end — residual + LayerNorm unless a hook decides otherwise.
+#[derive(Module, Debug)]
+pub struct SubLayerOutput<B: Backend> {
+    /// `dense`.
+    pub dense: Linear<B>,
+    /// `LayerNorm`.
+    pub layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+}
+
+impl<B: Backend> SubLayerOutput<B> {
+    /// `x` `[batch, seq, in]`, `residual` `[batch, seq, hidden]` → `[batch, seq, hidden]`.
+    pub fn forward<H: Hooks<B>>(
+        &self,
+        layer: usize,
+        site: SubLayer,
+        x: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
+        hooks: &mut H,
+    ) -> Tensor<B, 3> {
+        let projection = match site {
+            SubLayer::Attention => Projection::AttentionOutput,
+            SubLayer::FeedForward => Projection::Output,
+        };
+        let out = self
+            .dropout
+            .forward(hooks.project(layer, projection, &self.dense, x));
+        hooks.sublayer_end(layer, site, out, residual, &self.layer_norm)
+    }
+}
+
+/// `attention`: self-attention followed by its output sub-layer.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `attention.self` (renamed: `self` is a Rust keyword).
+    pub self_attention: SelfAttention<B>,
+    /// `attention.output`.
+    pub output: SubLayerOutput<B>,
+}
+
+/// `intermediate`: the FFN's first projection and GELU.
+#[derive(Module, Debug)]
+pub struct Intermediate<B: Backend> {
+    /// `intermediate.dense`, hidden → intermediate.
+    pub dense: Linear<B>,
+}
+
+/// `encoder.layer.N`: one post-LayerNorm transformer layer.
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend> {
+    /// `attention`.
+    pub attention: Attention<B>,
+    /// `intermediate`.
+    pub intermediate: Intermediate<B>,
+    /// `output` (FFN out).
+    pub output: SubLayerOutput<B>,
+}
+
+impl<B: Backend> Layer<B> {
+    /// `[batch, seq, hidden]` → `[batch', seq, hidden]` (`batch'` differs only if a hook replicates).
+    pub fn forward<H: Hooks<B>>(
+        &self,
+        index: usize,
+        hidden: Tensor<B, 3>,
+        keep: Tensor<B, 2>,
+        hooks: &mut H,
+    ) -> Tensor<B, 3> {
+        let context = self
+            .attention
+            .self_attention
+            .forward(index, hidden.clone(), keep, hooks);
+        let attended =
+            self.attention
+                .output
+                .forward(index, SubLayer::Attention, context, hidden, hooks);
+        let inner = gelu(hooks.project(
+            index,
+            Projection::Intermediate,
+            &self.intermediate.dense,
+            attended.clone(),
+        ));
+        self.output
+            .forward(index, SubLayer::FeedForward, inner, attended, hooks)
+    }
+}
+
+/// `encoder`: the stack of layers.
+#[derive(Module, Debug)]
+pub struct Encoder<B: Backend> {
+    /// `encoder.layer`.
+    pub layer: Vec<Layer<B>>,
+}
+
+/// `pooler`: dense + tanh on the first token.
+#[derive(Module, Debug)]
+pub struct Pooler<B: Backend> {
+    /// `pooler.dense`.
+    pub dense: Linear<B>,
+}
+
+/// A BERT-family encoder with optional pooler.
+#[derive(Module, Debug)]
+pub struct Bert<B: Backend> {
+    /// `embeddings`.
+    pub embeddings: Embeddings<B>,
+    /// `encoder`.
+    pub encoder: Encoder<B>,
+    /// `pooler`, present when the checkpoint has one.
+    pub pooler: Option<Pooler<B>>,
+}
+
+impl BertConfig {
+    /// Builds a randomly initialised encoder (weights are then loaded by [`crate::load`]).
+    pub fn init<B: Backend>(&self, with_pooler: bool, device: &B::Device) -> Bert<B> {
+        let hidden = self.hidden_size;
+        let linear = |i, o| LinearConfig::new(i, o).init(device);
+        let norm = || {
+            LayerNormConfig::new(hidden)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
+        let dropout = || DropoutConfig::new(self.hidden_dropout_prob).init();
+        let embedding = |n| EmbeddingConfig::new(n, hidden).init(device);
+        let layer = || Layer {
+            attention: Attention {
+                self_attention: SelfAttention {
+                    query: linear(hidden, hidden),
+                    key: linear(hidden, hidden),
+                    value: linear(hidden, hidden),
+                    dropout: DropoutConfig::new(self.attention_probs_dropout_prob).init(),
+                    heads: self.num_attention_heads,
+                },
+                output: SubLayerOutput {
+                    dense: linear(hidden, hidden),
+                    layer_norm: norm(),
+                    dropout: dropout(),
+                },
+            },
+            intermediate: Intermediate {
+                dense: linear(hidden, self.intermediate_size),
+            },
+            output: SubLayerOutput {
+                dense: linear(self.intermediate_size, hidden),
+                layer_norm: norm(),
+                dropout: dropout(),
+            },
+        };
+        Bert {
+            embeddings: Embeddings {
+                word_embeddings: embedding(self.vocab_size),
+                position_embeddings: embedding(self.max_position_embeddings),
+                token_type_embeddings: embedding(self.type_vocab_size),
+                layer_norm: norm(),
+                dropout: dropout(),
+                roberta_pad: self.roberta_positions().then_some(self.pad_token_id),
+            },
+            encoder: Encoder {
+                layer: (0..self.num_hidden_layers).map(|_| layer()).collect(),
+            },
+            pooler: with_pooler.then(|| Pooler {
+                dense: linear(hidden, hidden),
+            }),
+        }
+    }
+}
+
+impl<B: Backend> Bert<B> {
+    /// The plain encoder, no adapters.
+    pub fn forward(&self, input: &EncoderInput<B>) -> EncoderOutput<B> {
+        self.forward_with(input, &mut NoHooks)
+    }
+
+    /// The encoder with adapters acting at the [`Hooks`] sites.
+    pub fn forward_with<H: Hooks<B>>(
+        &self,
+        input: &EncoderInput<B>,
+        hooks: &mut H,
+    ) -> EncoderOutput<B> {
+        let keep = input.attention_mask.clone().float();
+        let (mut hidden, mut keep) = hooks.embedded(self.embeddings.forward(input), keep);
+        for (index, layer) in self.encoder.layer.iter().enumerate() {
+            hidden = layer.forward(index, hidden, keep.clone(), hooks);
+            keep = repeat_to_batch(keep, hidden.dims()[0]);
+        }
+        let pooler_output = self.pooler.as_ref().map(|pooler| {
+            let [batch, _, width] = hidden.dims();
+            let first = hidden.clone().slice([0..batch, 0..1]).reshape([batch, width]);
+            pooler.dense.forward(first).tanh()
+        });
+        EncoderOutput {
+            last_hidden_state: hidden,
+            keep,
+            pooler_output,
+        }
+    }
+
+    /// Number of transformer layers.
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layer.len()
+    }
+}
+
+/// A hook that replicated the batch (AdapterHub's `Parallel`) makes the mask follow.
+fn repeat_to_batch<B: Backend>(keep: Tensor<B, 2>, batch: usize) -> Tensor<B, 2> {
+    let current = keep.dims()[0];
+    if current == batch || current == 0 || batch % current != 0 {
+        keep
+    } else {
+        keep.repeat_dim(0, batch / current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type B = NdArray<f32>;
+
+    fn tiny() -> BertConfig {
+        BertConfig::from_json(
+            r#"{"vocab_size":50,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,
+            "intermediate_size":16,"max_position_embeddings":20,"hidden_dropout_prob":0.0,
+            "attention_probs_dropout_prob":0.0}"#,
+        )
+        .unwrap()
+    }
+
+    fn input(ids: [[i64; 4]; 2], mask: [[i64; 4]; 2]) -> EncoderInput<B> {
+        let device = Default::default();
+        EncoderInput {
+            input_ids: Tensor::from_data(ids, &device),
+            token_type_ids: Tensor::zeros([2, 4], &device),
+            attention_mask: Tensor::from_data(mask, &device),
+        }
+    }
+
+    /// GELU is the exact erf form: closed-form values Φ(x)·x.
+    #[test]
+    fn gelu_is_exact_erf() {
+        let x = Tensor::<B, 1>::from_floats([-2.0, -0.5, 0.0, 1.0, 3.0], &Default::default());
+        // x·Φ(x) with Φ from the standard normal table (erf to 1e-9).
+        let expected = [-0.045_500_264, -0.154_268_77, 0.0, 0.841_344_75, 2.995_950_3];
+        gelu(x)
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::from(expected), Tolerance::absolute(1e-6));
+    }
+
+    /// LayerNorm with γ=1, β=0 against (x − mean) / sqrt(biased var + ε) computed by hand.
+    #[test]
+    fn layer_norm_closed_form() {
+        let norm = LayerNormConfig::new(4)
+            .with_epsilon(1e-12)
+            .init::<B>(&Default::default());
+        let x = Tensor::<B, 2>::from_floats([[1.0, 2.0, 3.0, 6.0]], &Default::default());
+        // mean 3, biased variance (4+1+0+9)/4 = 3.5
+        let s = 3.5f32.sqrt();
+        let expected = [[-2.0 / s, -1.0 / s, 0.0, 3.0 / s]];
+        norm.forward(x)
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::from(expected), Tolerance::absolute(1e-6));
+    }
+
+    /// A padded key gets exactly zero attention: the output of the real tokens does not depend on
+    /// what stands in the padded positions.
+    #[test]
+    fn masked_softmax_ignores_padding() {
+        let model = tiny().init::<B>(false, &Default::default());
+        let mask = [[1, 1, 1, 0], [1, 1, 0, 0]];
+        let a = model.forward(&input([[1, 2, 3, 0], [4, 5, 0, 0]], mask));
+        let b = model.forward(&input([[1, 2, 3, 9], [4, 5, 7, 8]], mask));
+        let real = |o: &EncoderOutput<B>| o.last_hidden_state.clone().slice([0..2, 0..2]);
+        real(&a)
+            .into_data()
+            .assert_approx_eq::<f32>(&real(&b).into_data(), Tolerance::absolute(1e-6));
+    }
+
+    /// Attention on a single head equals softmax(q·kᵀ/√d)·v written out with scalars.
+    #[test]
+    fn attention_matches_hand_computation() {
+        let device = Default::default();
+        let mut config = tiny();
+        config.num_attention_heads = 1;
+        let mut model = config.init::<B>(false, &device);
+        let attn = &mut model.encoder.layer[0].attention.self_attention;
+        for lin in [&mut attn.query, &mut attn.key, &mut attn.value] {
+            lin.weight = lin.weight.clone().map(|w| w.random_like(Distribution::Default));
+        }
+        let hidden = Tensor::<B, 3>::random([1, 3, 8], Distribution::Default, &device);
+        let keep = Tensor::<B, 2>::from_floats([[1.0, 1.0, 0.0]], &device);
+        let got = attn.forward(0, hidden.clone(), keep, &mut NoHooks);
+
+        let rows = |t: Tensor<B, 3>| -> Vec<Vec<f32>> {
+            let v = t.into_data().to_vec::<f32>().unwrap();
+            v.chunks(8).map(<[f32]>::to_vec).collect()
+        };
+        let q = rows(attn.query.forward(hidden.clone()));
+        let k = rows(attn.key.forward(hidden.clone()));
+        let v = rows(attn.value.forward(hidden));
+        let mut expected = vec![];
+        for qi in &q {
+            let s: Vec<f32> = (0..2)
+                .map(|j| qi.iter().zip(&k[j]).map(|(a, b)| a * b).sum::<f32>() / 8f32.sqrt())
+                .collect();
+            let m = s[0].max(s[1]);
+            let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+            let z = e[0] + e[1];
+            for d in 0..8 {
+                expected.push((e[0] * v[0][d] + e[1] * v[1][d]) / z);
+            }
+        }
+        got.into_data().assert_approx_eq::<f32>(
+            &TensorData::new(expected, [1, 3, 8]),
+            Tolerance::absolute(1e-5),
+        );
+    }
+
+    /// Mean pooling divides by the number of real tokens only.
+    #[test]
+    fn mean_pooling_weights_by_mask() {
+        let device = Default::default();
+        let out = EncoderOutput::<B> {
+            last_hidden_state: Tensor::from_floats([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]], &device),
+            keep: Tensor::from_floats([[1.0, 1.0, 0.0]], &device),
+            pooler_output: None,
+        };
+        out.mean_pooled()
+            .into_data()
+            .assert_approx_eq::<f32>(&TensorData::from([[2.0, 3.0]]), Tolerance::absolute(1e-6));
+    }
+}

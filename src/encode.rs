@@ -1,0 +1,130 @@
+//! `sinew encode`: texts in, token ids and hidden states out.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::backbone::files::write_atomic_with;
+use crate::backbone::{Pretrained, TokenBatch};
+use crate::backend::BackendJob;
+
+/// The JSON `sinew encode` writes; every array is row-major, padded positions included.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Encoded {
+    /// `[batch][token]`.
+    pub input_ids: Vec<Vec<u32>>,
+    /// `[batch][token]`, 1 for real tokens.
+    pub attention_mask: Vec<Vec<u32>>,
+    /// `[batch][token][hidden]`.
+    pub last_hidden_state: Vec<Vec<Vec<f32>>>,
+    /// `[batch][hidden]`, mean over real tokens.
+    pub mean_pooled: Vec<Vec<f32>>,
+}
+
+/// Reads one text per line; blank lines are skipped with a warning, and a file with no text is
+/// an error naming it.
+pub fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut texts = Vec::new();
+    let mut blank = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            blank.push(i + 1);
+        } else {
+            texts.push(line.to_string());
+        }
+    }
+    if texts.is_empty() {
+        bail!("{}: no text (one text per line expected)", path.display());
+    }
+    if !blank.is_empty() {
+        tracing::warn!("{}: skipped blank lines {blank:?}", path.display());
+    }
+    Ok(texts)
+}
+
+/// Encodes `texts` in batches of `batch_size`, all padded to the longest text, so the output is
+/// the same as one batch of everything.
+pub fn encode_texts<B: Backend>(
+    pretrained: &Pretrained<B>,
+    texts: &[String],
+    batch_size: usize,
+    device: &B::Device,
+) -> anyhow::Result<Encoded> {
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let tokens = pretrained.tokenizer.encode(texts)?;
+    for &i in &tokens.truncated {
+        tracing::warn!(
+            "text {} is longer than {} tokens and was truncated",
+            i + 1,
+            pretrained.tokenizer.max_len()
+        );
+    }
+    let bar = ProgressBar::new(texts.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} texts {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    let mut out = Encoded {
+        input_ids: tokens.input_ids.clone(),
+        attention_mask: tokens.attention_mask.clone(),
+        last_hidden_state: Vec::with_capacity(texts.len()),
+        mean_pooled: Vec::with_capacity(texts.len()),
+    };
+    for start in (0..texts.len()).step_by(batch_size) {
+        let end = (start + batch_size).min(texts.len());
+        let chunk = TokenBatch {
+            input_ids: tokens.input_ids[start..end].to_vec(),
+            token_type_ids: tokens.token_type_ids[start..end].to_vec(),
+            attention_mask: tokens.attention_mask[start..end].to_vec(),
+            truncated: Vec::new(),
+        };
+        let output = pretrained.model.forward(&chunk.to_input::<B>(device));
+        let [batch, seq, hidden] = output.last_hidden_state.dims();
+        let states = output.last_hidden_state.clone().into_data().to_vec::<f32>()?;
+        let pooled = output.mean_pooled().into_data().to_vec::<f32>()?;
+        for b in 0..batch {
+            let rows = &states[b * seq * hidden..(b + 1) * seq * hidden];
+            out.last_hidden_state
+                .push(rows.chunks(hidden).map(<[f32]>::to_vec).collect());
+            out.mean_pooled
+                .push(pooled[b * hidden..(b + 1) * hidden].to_vec());
+        }
+        bar.inc((end - start) as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// Everything `sinew encode` needs, run on the chosen backend.
+#[derive(Debug, Clone)]
+pub struct EncodeJob {
+    /// The model folder.
+    pub model: PathBuf,
+    /// One text per line.
+    pub input: PathBuf,
+    /// Where the JSON goes.
+    pub output: PathBuf,
+    /// Truncation length; `None` is the model's limit.
+    pub max_len: Option<usize>,
+    /// Texts per forward pass.
+    pub batch_size: usize,
+}
+
+impl BackendJob for EncodeJob {
+    type Output = usize;
+
+    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<usize> {
+        let texts = read_texts(&self.input)?;
+        let pretrained = Pretrained::<B>::load(&self.model, self.max_len, device)?;
+        let encoded = encode_texts(&pretrained, &texts, self.batch_size, device)?;
+        write_atomic_with(&self.output, |w| {
+            serde_json::to_writer(w, &encoded).map_err(std::io::Error::other)
+        })?;
+        Ok(texts.len())
+    }
+}

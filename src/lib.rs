@@ -1,0 +1,15 @@
+//! sinew: train, compose and serve adapters on a frozen pretrained transformer, on Burn.
+//!
+//! This facade re-exports the workspace crates and holds what the `sinew` binary runs:
+//! - [`backbone`]: the BERT-family encoder, HF loading, tokenizer, hook points;
+//! - [`adapter`], [`fusion`], [`trainer`]: adapter methods, composition, training;
+//! - [`backend`]: the Burn backends compiled in and how the CLI picks one;
+//! - [`encode`]: the `sinew encode` job.
+
+pub use sinew_adapter as adapter;
+pub use sinew_backbone as backbone;
+pub use sinew_fusion as fusion;
+pub use sinew_trainer as trainer;
+
+pub mod backend;
+pub mod encode;

@@ -1,0 +1,90 @@
+//! The `sinew` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sinew::backbone::assets;
+use sinew::backend::BackendKind;
+use sinew::encode::EncodeJob;
+
+#[derive(Parser)]
+#[command(name = "sinew", version, about = "Adapters and AdapterFusion on a frozen transformer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download and verify the default model (all-MiniLM-L6-v2) into $SINEW_HOME; prints its folder.
+    Fetch,
+    /// Encode one text per line into token ids, hidden states and mean-pooled embeddings (JSON).
+    Encode {
+        /// HF model folder (config.json, model.safetensors, tokenizer.json); default: all-MiniLM-L6-v2, fetched if missing.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Text file, one text per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the JSON.
+        #[arg(long)]
+        output: PathBuf,
+        /// Burn backend to run on.
+        #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
+        backend: BackendKind,
+        /// Truncate inputs at N tokens (default: the model's maximum positions).
+        #[arg(long)]
+        max_len: Option<usize>,
+        /// Texts per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "sinew=info,sinew_backbone=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Fetch => {
+            let dir = assets::fetch_default_model()?;
+            println!("{}", dir.display());
+        }
+        Command::Encode {
+            model,
+            input,
+            output,
+            backend,
+            max_len,
+            batch_size,
+        } => {
+            let model = match model {
+                Some(dir) => dir,
+                None => assets::ensure_default_model().context("fetching the default model")?,
+            };
+            let job = EncodeJob {
+                model,
+                input,
+                output: output.clone(),
+                max_len,
+                batch_size,
+            };
+            let count = backend.run(job)?;
+            eprintln!("encoded {count} texts into {}", output.display());
+        }
+    }
+    Ok(())
+}

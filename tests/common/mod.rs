@@ -1,0 +1,62 @@
+//! Shared by the integration tests: the real model folder and the golden fixtures.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The real all-MiniLM-L6-v2, fetched on first use (`.ci/run` fetches it before the tests).
+pub fn model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SINEW_MODEL_DIR") {
+        return PathBuf::from(dir);
+    }
+    sinew::backbone::assets::ensure_default_model()
+        .expect("the real model is needed: run `cargo run -- fetch` (or set SINEW_MODEL_DIR)")
+}
+
+/// One batch written by tools/reference/make_backbone_fixtures.py.
+#[derive(Debug, Deserialize)]
+pub struct BackboneCase {
+    pub name: String,
+    pub max_len: usize,
+    pub texts: Vec<String>,
+    pub input_ids: Vec<Vec<u32>>,
+    pub token_type_ids: Vec<Vec<u32>>,
+    pub attention_mask: Vec<Vec<u32>>,
+    pub last_hidden_state: Vec<Vec<Vec<f32>>>,
+    pub mean_pooled: Vec<Vec<f32>>,
+    pub pooler_output: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BackboneFixture {
+    cases: Vec<BackboneCase>,
+}
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+pub fn backbone_cases() -> Vec<BackboneCase> {
+    let path = fixture_path("backbone_minilm.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str::<BackboneFixture>(&text).unwrap().cases
+}
+
+/// Largest absolute difference between two equally shaped flat slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "shapes differ");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn flat2(v: &[Vec<f32>]) -> Vec<f32> {
+    v.iter().flatten().copied().collect()
+}
+
+pub fn flat3(v: &[Vec<Vec<f32>>]) -> Vec<f32> {
+    v.iter().flatten().flatten().copied().collect()
+}
