@@ -85,7 +85,11 @@ pub fn encode_texts<B: Backend>(
         };
         let output = pretrained.model.forward(&chunk.to_input::<B>(device));
         let [batch, seq, hidden] = output.last_hidden_state.dims();
-        let states = output.last_hidden_state.clone().into_data().to_vec::<f32>()?;
+        let states = output
+            .last_hidden_state
+            .clone()
+            .into_data()
+            .to_vec::<f32>()?;
         let pooled = output.mean_pooled().into_data().to_vec::<f32>()?;
         for b in 0..batch {
             let rows = &states[b * seq * hidden..(b + 1) * seq * hidden];

@@ -9,7 +9,11 @@ use sinew::backend::BackendKind;
 use sinew::encode::EncodeJob;
 
 #[derive(Parser)]
-#[command(name = "sinew", version, about = "Adapters and AdapterFusion on a frozen transformer")]
+#[command(
+    name = "sinew",
+    version,
+    about = "Adapters and AdapterFusion on a frozen transformer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

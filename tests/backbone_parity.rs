@@ -16,11 +16,24 @@ fn parity<B: Backend>() {
         let model = Pretrained::<B>::load(&dir, Some(case.max_len), &device).unwrap();
         let tokens = model.tokenizer.encode(&case.texts).unwrap();
         assert_eq!(tokens.input_ids, case.input_ids, "{}: input_ids", case.name);
-        assert_eq!(tokens.token_type_ids, case.token_type_ids, "{}: token_type_ids", case.name);
-        assert_eq!(tokens.attention_mask, case.attention_mask, "{}: attention_mask", case.name);
+        assert_eq!(
+            tokens.token_type_ids, case.token_type_ids,
+            "{}: token_type_ids",
+            case.name
+        );
+        assert_eq!(
+            tokens.attention_mask, case.attention_mask,
+            "{}: attention_mask",
+            case.name
+        );
 
         let out = model.model.forward(&tokens.to_input::<B>(&device));
-        let hidden = out.last_hidden_state.clone().into_data().to_vec::<f32>().unwrap();
+        let hidden = out
+            .last_hidden_state
+            .clone()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let pooled = out.mean_pooled().into_data().to_vec::<f32>().unwrap();
         let pooler = out.pooler_output.expect("MiniLM has a pooler");
         let pooler = pooler.into_data().to_vec::<f32>().unwrap();
@@ -30,6 +43,7 @@ fn parity<B: Backend>() {
             ("pooler_output", pooler, flat2(&case.pooler_output)),
         ] {
             let diff = max_abs_diff(&got, &want);
+            eprintln!("{}: {what} max |diff| {diff:.2e}", case.name);
             assert!(diff <= TOLERANCE, "{}: {what} differs by {diff}", case.name);
         }
     }

@@ -40,10 +40,23 @@ fn encode_matches_transformers_end_to_end() {
         let output = dir.path().join("out.json");
         let max_len = case.max_len.to_string();
         let out = sinew(&[
-            "encode", "--model", model.to_str().unwrap(), "--input", &input,
-            "--output", output.to_str().unwrap(), "--max-len", &max_len, "--batch-size", "4",
+            "encode",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            &input,
+            "--output",
+            output.to_str().unwrap(),
+            "--max-len",
+            &max_len,
+            "--batch-size",
+            "4",
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             stderr.contains("truncated"),
@@ -54,8 +67,15 @@ fn encode_matches_transformers_end_to_end() {
         let got: Encoded = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
         assert_eq!(got.input_ids, case.input_ids, "{}", case.name);
         assert_eq!(got.attention_mask, case.attention_mask, "{}", case.name);
-        let diff = max_abs_diff(&flat3(&got.last_hidden_state), &flat3(&case.last_hidden_state));
-        assert!(diff <= 1e-4, "{}: last_hidden_state differs by {diff}", case.name);
+        let diff = max_abs_diff(
+            &flat3(&got.last_hidden_state),
+            &flat3(&case.last_hidden_state),
+        );
+        assert!(
+            diff <= 1e-4,
+            "{}: last_hidden_state differs by {diff}",
+            case.name
+        );
         let diff = max_abs_diff(&flat2(&got.mean_pooled), &flat2(&case.mean_pooled));
         assert!(diff <= 1e-4, "{}: mean_pooled differs by {diff}", case.name);
     }
@@ -68,8 +88,13 @@ fn empty_input_file_is_one_line_error() {
     std::fs::write(&input, "\n  \n").unwrap();
     let model = model_dir();
     let out = sinew(&[
-        "encode", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
-        "--output", dir.path().join("o.json").to_str().unwrap(),
+        "encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.path().join("o.json").to_str().unwrap(),
     ]);
     let line = error_line(&out);
     assert!(line.contains("empty.txt: no text"), "{line}");
@@ -94,8 +119,13 @@ fn broken_model(dir: &Path, replace: &str, contents: Option<Vec<u8>>) -> String 
 fn encode_error(model: &str, dir: &Path) -> String {
     let input = write_lines(dir, "in.txt", &["hello world".to_string()]);
     let out = sinew(&[
-        "encode", "--model", model, "--input", &input,
-        "--output", dir.join("o.json").to_str().unwrap(),
+        "encode",
+        "--model",
+        model,
+        "--input",
+        &input,
+        "--output",
+        dir.join("o.json").to_str().unwrap(),
     ]);
     error_line(&out)
 }
@@ -112,9 +142,16 @@ fn missing_safetensors_names_the_file() {
 fn truncated_safetensors_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let real = std::fs::read(model_dir().join("model.safetensors")).unwrap();
-    let model = broken_model(dir.path(), "model.safetensors", Some(real[..real.len() / 2].to_vec()));
+    let model = broken_model(
+        dir.path(),
+        "model.safetensors",
+        Some(real[..real.len() / 2].to_vec()),
+    );
     let line = encode_error(&model, dir.path());
-    assert!(line.contains("model.safetensors: not a readable safetensors file"), "{line}");
+    assert!(
+        line.contains("model.safetensors: not a readable safetensors file"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -142,7 +179,10 @@ fn config_missing_a_required_key_names_it() {
     let config = config.replace("\"num_hidden_layers\": 6,", "");
     let model = broken_model(dir.path(), "config.json", Some(config.into_bytes()));
     let line = encode_error(&model, dir.path());
-    assert!(line.contains("config.json: missing field `num_hidden_layers`"), "{line}");
+    assert!(
+        line.contains("config.json: missing field `num_hidden_layers`"),
+        "{line}"
+    );
 }
 
 #[test]

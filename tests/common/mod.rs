@@ -44,13 +44,18 @@ pub fn fixture_path(name: &str) -> PathBuf {
 pub fn backbone_cases() -> Vec<BackboneCase> {
     let path = fixture_path("backbone_minilm.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str::<BackboneFixture>(&text).unwrap().cases
+    serde_json::from_str::<BackboneFixture>(&text)
+        .unwrap()
+        .cases
 }
 
 /// Largest absolute difference between two equally shaped flat slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "shapes differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn flat2(v: &[Vec<f32>]) -> Vec<f32> {

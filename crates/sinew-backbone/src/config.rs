@@ -86,7 +86,9 @@ impl BertConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -140,7 +142,10 @@ mod tests {
     #[test]
     fn parses_minilm_and_ignores_unknown_keys() {
         let c = BertConfig::from_json(MINILM).unwrap();
-        assert_eq!((c.hidden_size, c.num_hidden_layers, c.head_dim()), (384, 6, 32));
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.head_dim()),
+            (384, 6, 32)
+        );
         assert!(!c.roberta_positions());
     }
 
@@ -154,6 +159,8 @@ mod tests {
     #[test]
     fn rejects_indivisible_heads() {
         let text = MINILM.replace(r#""num_attention_heads":12"#, r#""num_attention_heads":7"#);
-        assert!(BertConfig::from_json(&text).unwrap_err().contains("divisible"));
+        assert!(BertConfig::from_json(&text)
+            .unwrap_err()
+            .contains("divisible"));
     }
 }

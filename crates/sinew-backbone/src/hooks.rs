@@ -58,7 +58,11 @@ pub struct AttentionKv<B: Backend> {
 /// Extension points of the encoder; every default reproduces the plain transformer.
 pub trait Hooks<B: Backend> {
     /// After the embedding LayerNorm: `hidden` is `[batch, seq, hidden]`, `keep` is `[batch, seq]`.
-    fn embedded(&mut self, hidden: Tensor<B, 3>, keep: Tensor<B, 2>) -> (Tensor<B, 3>, Tensor<B, 2>) {
+    fn embedded(
+        &mut self,
+        hidden: Tensor<B, 3>,
+        keep: Tensor<B, 2>,
+    ) -> (Tensor<B, 3>, Tensor<B, 2>) {
         (hidden, keep)
     }
 

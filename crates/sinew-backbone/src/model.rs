@@ -126,7 +126,9 @@ impl<B: Backend> SelfAttention<B> {
             hooks.attention_kv(layer, AttentionKv { key, value, keep });
 
         let keys = keep.dims()[1];
-        let bias = (keep.neg() + 1.0).mul_scalar(MASKED_SCORE).reshape([batch, 1, 1, keys]);
+        let bias = (keep.neg() + 1.0)
+            .mul_scalar(MASKED_SCORE)
+            .reshape([batch, 1, 1, keys]);
         let scores = query.matmul(key.swap_dims(2, 3)) / (head_dim as f64).sqrt() + bias;
         let probs = self.dropout.forward(softmax(scores, 3));
         probs
@@ -212,7 +214,7 @@ impl<B: Backend> Layer<B> {
             self.attention
                 .output
                 .forward(index, SubLayer::Attention, context, hidden, hooks);
-        let inner = gelu(hooks.project(
+        let inner = gelu_exact(hooks.project(
             index,
             Projection::Intermediate,
             &self.intermediate.dense,
@@ -323,7 +325,10 @@ impl<B: Backend> Bert<B> {
         }
         let pooler_output = self.pooler.as_ref().map(|pooler| {
             let [batch, _, width] = hidden.dims();
-            let first = hidden.clone().slice([0..batch, 0..1]).reshape([batch, width]);
+            let first = hidden
+                .clone()
+                .slice([0..batch, 0..1])
+                .reshape([batch, width]);
             pooler.dense.forward(first).tanh()
         });
         EncoderOutput {
@@ -339,10 +344,21 @@ impl<B: Backend> Bert<B> {
     }
 }
 
+/// Exact (erf) GELU. Burn's fused `gelu` back-propagates the derivative of the tanh
+/// approximation on some backends, so under autodiff the erf form is composed from primitives
+/// whose derivatives are exact.
+pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if B::ad_enabled(&x.device()) {
+        x.clone() * (x / std::f64::consts::SQRT_2).erf().add_scalar(1.0) * 0.5
+    } else {
+        gelu(x)
+    }
+}
+
 /// A hook that replicated the batch (AdapterHub's `Parallel`) makes the mask follow.
 fn repeat_to_batch<B: Backend>(keep: Tensor<B, 2>, batch: usize) -> Tensor<B, 2> {
     let current = keep.dims()[0];
-    if current == batch || current == 0 || batch % current != 0 {
+    if current == batch || current == 0 || !batch.is_multiple_of(current) {
         keep
     } else {
         keep.repeat_dim(0, batch / current)
@@ -380,10 +396,49 @@ mod tests {
     fn gelu_is_exact_erf() {
         let x = Tensor::<B, 1>::from_floats([-2.0, -0.5, 0.0, 1.0, 3.0], &Default::default());
         // x·Φ(x) with Φ from the standard normal table (erf to 1e-9).
-        let expected = [-0.045_500_264, -0.154_268_77, 0.0, 0.841_344_75, 2.995_950_3];
+        let expected = [
+            -0.045_500_264,
+            -0.154_268_77,
+            0.0,
+            0.841_344_75,
+            2.995_950_3,
+        ];
         gelu(x)
             .into_data()
             .assert_approx_eq::<f32>(&TensorData::from(expected), Tolerance::absolute(1e-6));
+    }
+
+    /// Under autodiff, d GELU/dx is the exact Φ(x) + x·φ(x), not the tanh approximation's.
+    #[test]
+    fn gelu_gradient_is_exact() {
+        type A = burn::backend::Autodiff<B>;
+        let xs = [-2.0f64, -0.5, 0.3, 1.0, 3.0];
+        let x = Tensor::<A, 1>::from_floats([-2.0, -0.5, 0.3, 1.0, 3.0], &Default::default())
+            .require_grad();
+        let grads = gelu_exact(x.clone()).sum().backward();
+        let got = x.grad(&grads).unwrap();
+        // Φ(x) + x·φ(x), with erf from its own series.
+        let expected: Vec<f32> = xs
+            .iter()
+            .map(|&v| {
+                let phi = (-v * v / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                let cdf = 0.5 * (1.0 + erf_series(v / std::f64::consts::SQRT_2));
+                (cdf + v * phi) as f32
+            })
+            .collect();
+        got.into_data()
+            .assert_approx_eq::<f32>(&TensorData::new(expected, [5]), Tolerance::absolute(1e-6));
+    }
+
+    /// erf by its Maclaurin series (converges fast for |x| < 3), independent of Burn's erf.
+    fn erf_series(x: f64) -> f64 {
+        let mut term = x;
+        let mut sum = x;
+        for n in 1..80 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
     /// LayerNorm with γ=1, β=0 against (x − mean) / sqrt(biased var + ε) computed by hand.
@@ -424,7 +479,10 @@ mod tests {
         let mut model = config.init::<B>(false, &device);
         let attn = &mut model.encoder.layer[0].attention.self_attention;
         for lin in [&mut attn.query, &mut attn.key, &mut attn.value] {
-            lin.weight = lin.weight.clone().map(|w| w.random_like(Distribution::Default));
+            lin.weight = lin
+                .weight
+                .clone()
+                .map(|w| w.random_like(Distribution::Default));
         }
         let hidden = Tensor::<B, 3>::random([1, 3, 8], Distribution::Default, &device);
         let keep = Tensor::<B, 2>::from_floats([[1.0, 1.0, 0.0]], &device);
@@ -445,9 +503,7 @@ mod tests {
             let m = s[0].max(s[1]);
             let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
             let z = e[0] + e[1];
-            for d in 0..8 {
-                expected.push((e[0] * v[0][d] + e[1] * v[1][d]) / z);
-            }
+            expected.extend((0..8).map(|d| (e[0] * v[0][d] + e[1] * v[1][d]) / z));
         }
         got.into_data().assert_approx_eq::<f32>(
             &TensorData::new(expected, [1, 3, 8]),
@@ -460,7 +516,10 @@ mod tests {
     fn mean_pooling_weights_by_mask() {
         let device = Default::default();
         let out = EncoderOutput::<B> {
-            last_hidden_state: Tensor::from_floats([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]], &device),
+            last_hidden_state: Tensor::from_floats(
+                [[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]],
+                &device,
+            ),
             keep: Tensor::from_floats([[1.0, 1.0, 0.0]], &device),
             pooler_output: None,
         };

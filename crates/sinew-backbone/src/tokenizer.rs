@@ -112,7 +112,10 @@ impl TextTokenizer {
             .collect();
         TokenBatch {
             input_ids: encodings.iter().map(|e| e.get_ids().to_vec()).collect(),
-            token_type_ids: encodings.iter().map(|e| e.get_type_ids().to_vec()).collect(),
+            token_type_ids: encodings
+                .iter()
+                .map(|e| e.get_type_ids().to_vec())
+                .collect(),
             attention_mask: encodings
                 .iter()
                 .map(|e| e.get_attention_mask().to_vec())
