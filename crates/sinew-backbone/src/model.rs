@@ -71,23 +71,28 @@ pub struct Embeddings<B: Backend> {
 impl<B: Backend> Embeddings<B> {
     /// `[batch, seq]` ids → `[batch, seq, hidden]`.
     pub fn forward(&self, input: &EncoderInput<B>) -> Tensor<B, 3> {
-        let [batch, seq] = input.input_ids.dims();
-        let device = input.input_ids.device();
-        let positions = match self.roberta_pad {
-            None => Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
-                .reshape([1, seq])
-                .expand([batch, seq]),
-            Some(pad) => {
-                let mask = input.attention_mask.clone();
-                mask.clone().cumsum(1) * mask + pad as i64
-            }
-        };
+        let positions = position_ids(&input.attention_mask, self.roberta_pad);
         let x = self.word_embeddings.forward(input.input_ids.clone())
             + self.position_embeddings.forward(positions)
             + self
                 .token_type_embeddings
                 .forward(input.token_type_ids.clone());
         self.dropout.forward(self.layer_norm.forward(x))
+    }
+}
+
+/// Position ids `[batch, seq]`: `0..seq` for BERT; for RoBERTa, `pad + 1, pad + 2, …` over real
+/// tokens and `pad` on padding (HF's `create_position_ids_from_input_ids`).
+fn position_ids<B: Backend>(
+    mask: &Tensor<B, 2, Int>,
+    roberta_pad: Option<usize>,
+) -> Tensor<B, 2, Int> {
+    let [batch, seq] = mask.dims();
+    match roberta_pad {
+        None => Tensor::<B, 1, Int>::arange(0..seq as i64, &mask.device())
+            .reshape([1, seq])
+            .expand([batch, seq]),
+        Some(pad) => mask.clone().cumsum(1) * mask.clone() + pad as i64,
     }
 }
 
@@ -389,6 +394,112 @@ mod tests {
             token_type_ids: Tensor::zeros([2, 4], &device),
             attention_mask: Tensor::from_data(mask, &device),
         }
+    }
+
+    /// Position ids against the closed forms of HF's BERT (arange) and RoBERTa (padding_idx = 1).
+    #[test]
+    fn position_ids_bert_and_roberta() {
+        let mask =
+            Tensor::<B, 2, Int>::from_data([[1, 1, 1, 0], [1, 1, 0, 0]], &Default::default());
+        let bert = position_ids(&mask, None).into_data();
+        assert_eq!(bert, TensorData::from([[0i64, 1, 2, 3], [0, 1, 2, 3]]));
+        let roberta = position_ids(&mask, Some(1)).into_data();
+        assert_eq!(roberta, TensorData::from([[2i64, 3, 4, 1], [2, 3, 1, 1]]));
+    }
+
+    /// Records every hook call; optionally replicates the batch at the first sub-layer end, as
+    /// AdapterHub's `Parallel` does.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<String>,
+        replicate: bool,
+    }
+
+    impl Hooks<B> for Recorder {
+        fn project(
+            &mut self,
+            layer: usize,
+            site: Projection,
+            linear: &Linear<B>,
+            x: Tensor<B, 3>,
+        ) -> Tensor<B, 3> {
+            self.calls.push(format!("{layer}:{site:?}"));
+            linear.forward(x)
+        }
+        fn attention_kv(&mut self, layer: usize, kv: AttentionKv<B>) -> AttentionKv<B> {
+            self.calls.push(format!("{layer}:kv{:?}", kv.keep.dims()));
+            kv
+        }
+        fn sublayer_end(
+            &mut self,
+            layer: usize,
+            site: SubLayer,
+            output: Tensor<B, 3>,
+            residual: Tensor<B, 3>,
+            layer_norm: &LayerNorm<B>,
+        ) -> Tensor<B, 3> {
+            self.calls.push(format!("{layer}:{site:?}"));
+            let out = layer_norm.forward(output + residual);
+            if self.replicate && layer == 0 && site == SubLayer::FeedForward {
+                out.repeat_dim(0, 2)
+            } else {
+                out
+            }
+        }
+    }
+
+    /// Every site is called once per layer, in the order a token passes them.
+    #[test]
+    fn hooks_are_called_at_every_site_in_order() {
+        let model = tiny().init::<B>(false, &Default::default());
+        let mut rec = Recorder::default();
+        model.forward_with(
+            &input([[1, 2, 3, 0], [4, 5, 0, 0]], [[1, 1, 1, 0], [1, 1, 0, 0]]),
+            &mut rec,
+        );
+        let per_layer = |l: usize| {
+            [
+                "Query",
+                "Key",
+                "Value",
+                "kv[2, 4]",
+                "AttentionOutput",
+                "Attention",
+                "Intermediate",
+                "Output",
+                "FeedForward",
+            ]
+            .map(|s| format!("{l}:{s}"))
+        };
+        let expected: Vec<String> = (0..2).flat_map(per_layer).collect();
+        assert_eq!(rec.calls, expected);
+    }
+
+    /// A hook that replicates the batch gets the mask replicated too: each copy equals the plain
+    /// forward of the original batch.
+    #[test]
+    fn replicated_batch_keeps_its_mask() {
+        let model = tiny().init::<B>(false, &Default::default());
+        let x = input([[1, 2, 3, 0], [4, 5, 0, 0]], [[1, 1, 1, 0], [1, 1, 0, 0]]);
+        let plain = model.forward(&x);
+        let mut rec = Recorder {
+            replicate: true,
+            ..Default::default()
+        };
+        let out = model.forward_with(&x, &mut rec);
+        assert_eq!(out.last_hidden_state.dims(), [4, 4, 8]);
+        assert!(
+            rec.calls.contains(&"1:kv[4, 4]".to_string()),
+            "{:?}",
+            rec.calls
+        );
+        let twice = Tensor::cat(
+            vec![plain.last_hidden_state.clone(), plain.last_hidden_state],
+            0,
+        );
+        out.last_hidden_state
+            .into_data()
+            .assert_approx_eq::<f32>(&twice.into_data(), Tolerance::absolute(1e-6));
     }
 
     /// GELU is the exact erf form: closed-form values Φ(x)·x.
