@@ -3,16 +3,20 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 
 /// The real all-MiniLM-L6-v2, fetched on first use (`.ci/run` fetches it before the tests).
+/// Fetched once per test binary, so parallel tests never race on the download.
 pub fn model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SINEW_MODEL_DIR") {
-        return PathBuf::from(dir);
-    }
-    sinew::backbone::assets::ensure_default_model()
-        .expect("the real model is needed: run `cargo run -- fetch` (or set SINEW_MODEL_DIR)")
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| match std::env::var_os("SINEW_MODEL_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => sinew::backbone::assets::ensure_default_model()
+            .expect("the real model is needed: run `sinew fetch` (or set SINEW_MODEL_DIR)"),
+    })
+    .clone()
 }
 
 /// One batch written by tools/reference/make_backbone_fixtures.py.

