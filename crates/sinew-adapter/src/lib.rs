@@ -1,3 +1,34 @@
-//! sinew-adapter: adapter methods (bottleneck, LoRA, IA3, prefix tuning), prediction heads and
-//! AdapterHub/PEFT file I/O, each method acting on the backbone through
-//! [`sinew_backbone::Hooks`]. Filled in by the "Adapter methods" work; nothing lives here yet.
+//! sinew-adapter: adapter methods, prediction heads and AdapterHub file I/O, acting on the frozen
+//! backbone through [`sinew_backbone::Hooks`].
+//!
+//! - [`bottleneck`]: `seq_bn`, `double_seq_bn`, `par_bn`, `scaled_par_bn` with AdapterHub's knobs;
+//! - [`head`]: classification heads in AdapterHub's layout;
+//! - [`folder`]: reading folders written by AdapterHub's `save_adapter`;
+//! - [`model`]: backbone + named adapters + heads, and the hooks of the active adapter.
+//!
+//! # Adding a method
+//! Write `src/<method>.rs` with a serde config (AdapterHub field names), a Burn `Module` for its
+//! weights and what it does at the hook sites, then add one variant to [`Adapter`]; the compiler
+//! points at the match arms (`model.rs` hooks, `folder.rs` loading) that need a line for it.
+
+pub mod activation;
+pub mod bottleneck;
+pub mod error;
+pub mod folder;
+pub mod head;
+pub mod model;
+pub mod tensors;
+
+use burn::prelude::*;
+
+pub use error::{AdapterError, Result};
+pub use folder::{AdapterFolder, MethodConfig};
+pub use head::{ClassificationHead, HeadConfig};
+pub use model::{AdapterModel, AdapterOutput};
+
+/// An adapter of any method, across the whole model.
+#[derive(Module, Debug)]
+pub enum Adapter<B: Backend> {
+    /// A bottleneck adapter ([`bottleneck`]).
+    Bottleneck(bottleneck::BottleneckAdapter<B>),
+}

@@ -1,0 +1,200 @@
+//! Adapter folders as AdapterHub's `save_adapter(dir, name, with_head, use_safetensors=True)`
+//! writes them: `adapter_config.json`, `adapter.safetensors`, and with a head `head_config.json`,
+//! `model_head.safetensors`.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use serde_json::{Map, Value};
+use sinew_backbone::BertConfig;
+
+use crate::bottleneck::{BnConfig, BottleneckAdapter};
+use crate::error::{AdapterError, Result};
+use crate::head::{ClassificationHead, HeadConfig};
+use crate::tensors::TensorFile;
+use crate::Adapter;
+
+/// AdapterHub keys sinew reads for bottleneck adapters, besides [`BnConfig`]'s own fields, that
+/// it accepts at their defaults (checked by [`BnConfig::check_supported`]) or ignores.
+const BN_ACCEPTED: [&str; 17] = [
+    "architecture",
+    "phm_layer",
+    "phm_dim",
+    "factorized_phm_W",
+    "shared_W_phm",
+    "shared_phm_rule",
+    "factorized_phm_rule",
+    "phm_c_init",
+    "phm_init_range",
+    "learn_phm",
+    "hypercomplex_nonlinearity",
+    "phm_rank",
+    "phm_bias",
+    "inv_adapter",
+    "inv_adapter_reduction_factor",
+    "cross_adapter",
+    "stochastic_depth",
+];
+
+/// The method config of an adapter, by `architecture`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MethodConfig {
+    /// `bottleneck` (AdapterHub writes no `architecture` key for it).
+    Bottleneck(BnConfig),
+}
+
+/// What an adapter folder holds, parsed and checked against the backbone.
+#[derive(Debug, Clone)]
+pub struct AdapterFolder {
+    /// The folder.
+    pub dir: PathBuf,
+    /// The adapter's name (`name` in `adapter_config.json`).
+    pub name: String,
+    /// The method and its settings.
+    pub config: MethodConfig,
+    /// The head's config, when the folder has one.
+    pub head: Option<HeadConfig>,
+}
+
+fn read_json(path: &Path) -> Result<Map<String, Value>> {
+    let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(AdapterError::file(path, "expected a JSON object")),
+        Err(e) => Err(AdapterError::file(path, e.to_string())),
+    }
+}
+
+/// The `config` object and `name` of an AdapterHub config file, with its `hidden_size` checked.
+fn config_object(path: &Path, model: &BertConfig) -> Result<(Map<String, Value>, String)> {
+    let mut json = read_json(path)?;
+    if let Some(hidden) = json.get("hidden_size").and_then(Value::as_u64) {
+        if hidden as usize != model.hidden_size {
+            return Err(AdapterError::file(
+                path,
+                format!(
+                    "`hidden_size` {hidden} does not fit the backbone's {} (the adapter was trained on another model)",
+                    model.hidden_size
+                ),
+            ));
+        }
+    }
+    let name = match json.get("name") {
+        Some(Value::String(n)) => n.clone(),
+        _ => return Err(AdapterError::file(path, "missing key `name`")),
+    };
+    match json.remove("config") {
+        Some(Value::Object(config)) => Ok((config, name)),
+        _ => Err(AdapterError::file(path, "missing key `config`")),
+    }
+}
+
+impl AdapterFolder {
+    /// Reads and checks `dir/adapter_config.json` (and `head_config.json`, if present).
+    pub fn read(dir: &Path, model: &BertConfig) -> Result<Self> {
+        let path = dir.join("adapter_config.json");
+        let (raw, name) = config_object(&path, model)?;
+        let architecture = raw
+            .get("architecture")
+            .and_then(Value::as_str)
+            .unwrap_or("bottleneck");
+        let config = match architecture {
+            "bottleneck" => {
+                BnConfig::check_supported(&raw).map_err(|m| AdapterError::file(&path, m))?;
+                let config: BnConfig = serde_json::from_value(Value::Object(raw.clone()))
+                    .map_err(|e| AdapterError::file(&path, format!("config: {e}")))?;
+                for layer in (0..model.num_hidden_layers).filter(|&l| !config.leave_out.contains(&l)) {
+                    config
+                        .width(model.hidden_size, layer)
+                        .map_err(|m| AdapterError::file(&path, m))?;
+                }
+                warn_unknown(&path, &raw, &config, &BN_ACCEPTED);
+                MethodConfig::Bottleneck(config)
+            }
+            other => {
+                return Err(AdapterError::file(
+                    &path,
+                    format!("`architecture` = \"{other}\" is not supported yet (sinew reads bottleneck adapters)"),
+                ))
+            }
+        };
+        let head_path = dir.join("head_config.json");
+        let head = if head_path.is_file() {
+            let (raw, _) = config_object(&head_path, model)?;
+            let head: HeadConfig = serde_json::from_value(Value::Object(raw))
+                .map_err(|e| AdapterError::file(&head_path, format!("config: {e}")))?;
+            Some(head)
+        } else {
+            None
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            name,
+            config,
+            head,
+        })
+    }
+
+    /// Loads the adapter's weights (`adapter.safetensors`); every tensor must be used.
+    pub fn load_adapter<B: Backend>(
+        &self,
+        model: &BertConfig,
+        device: &B::Device,
+    ) -> Result<Adapter<B>> {
+        let path = self.dir.join("adapter.safetensors");
+        let mut file = TensorFile::read(&path)?;
+        let adapter = match &self.config {
+            MethodConfig::Bottleneck(config) => Adapter::Bottleneck(BottleneckAdapter::load(
+                config, model, &self.name, &mut file, device,
+            )?),
+        };
+        reject_leftovers(&file)?;
+        Ok(adapter)
+    }
+
+    /// Loads the head's weights (`model_head.safetensors`), if the folder has a head.
+    pub fn load_head<B: Backend>(
+        &self,
+        model: &BertConfig,
+        device: &B::Device,
+    ) -> Result<Option<ClassificationHead<B>>> {
+        let Some(config) = &self.head else {
+            return Ok(None);
+        };
+        let mut file = TensorFile::read(&self.dir.join("model_head.safetensors"))?;
+        let head = ClassificationHead::load(config, model, &self.name, &mut file, device)?;
+        reject_leftovers(&file)?;
+        Ok(Some(head))
+    }
+}
+
+/// A tensor nobody read means the file and the config disagree: say which.
+fn reject_leftovers(file: &TensorFile) -> Result<()> {
+    match file.remaining().next() {
+        None => Ok(()),
+        Some(key) => Err(AdapterError::file(
+            file.path(),
+            format!("tensor `{key}` does not fit the adapter's config or the backbone"),
+        )),
+    }
+}
+
+/// Unknown config fields are warned about, not fatal.
+fn warn_unknown<T: serde::Serialize>(
+    path: &Path,
+    raw: &Map<String, Value>,
+    parsed: &T,
+    accepted: &[&str],
+) {
+    let Ok(Value::Object(known)) = serde_json::to_value(parsed) else {
+        return;
+    };
+    for key in raw.keys() {
+        if !known.contains_key(key)
+            && !accepted.contains(&key.as_str())
+            && key != "init_weights_seed"
+        {
+            tracing::warn!("{}: unknown config field `{key}` ignored", path.display());
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! An adapter model: the frozen backbone, named adapters and heads, and the active adapter.
+//!
+//! [`AdapterModel::forward`] runs the backbone with [`ActiveAdapter`] as its hooks: at each
+//! sub-layer end where the active adapter has a bottleneck, the bottleneck decides residual and
+//! LayerNorm; everywhere else the plain transformer runs.
+
+use burn::nn::LayerNorm;
+use burn::prelude::*;
+use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput, Hooks, SubLayer};
+
+use crate::error::{AdapterError, Result};
+use crate::head::ClassificationHead;
+use crate::Adapter;
+
+/// The backbone with named adapters and heads.
+#[derive(Module, Debug)]
+pub struct AdapterModel<B: Backend> {
+    /// The pretrained encoder.
+    pub backbone: Bert<B>,
+    /// Adapters, in the order added.
+    pub adapters: Vec<Adapter<B>>,
+    /// Heads, in the order added.
+    pub heads: Vec<ClassificationHead<B>>,
+    #[module(skip)]
+    config: BertConfig,
+    #[module(skip)]
+    adapter_names: Vec<String>,
+    #[module(skip)]
+    head_names: Vec<String>,
+    #[module(skip)]
+    active: Option<String>,
+}
+
+/// What one forward pass returns.
+#[derive(Debug, Clone)]
+pub struct AdapterOutput<B: Backend> {
+    /// The encoder's output.
+    pub encoded: EncoderOutput<B>,
+    /// Logits `[batch, labels]` of the active adapter's head, if it has one.
+    pub logits: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> AdapterModel<B> {
+    /// Wraps a loaded backbone; no adapters yet.
+    pub fn new(backbone: Bert<B>, config: BertConfig) -> Self {
+        Self {
+            backbone,
+            adapters: Vec::new(),
+            heads: Vec::new(),
+            config,
+            adapter_names: Vec::new(),
+            head_names: Vec::new(),
+            active: None,
+        }
+    }
+
+    /// The backbone's config.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// Adds adapter `name`; a name may be used once.
+    pub fn add_adapter(&mut self, name: &str, adapter: Adapter<B>) -> Result<()> {
+        if self.adapter_names.iter().any(|n| n == name) {
+            return Err(AdapterError::Input(format!(
+                "an adapter named `{name}` already exists"
+            )));
+        }
+        self.adapter_names.push(name.to_string());
+        self.adapters.push(adapter);
+        Ok(())
+    }
+
+    /// Adds head `name` (used when adapter `name` is active).
+    pub fn add_head(&mut self, name: &str, head: ClassificationHead<B>) -> Result<()> {
+        if self.head_names.iter().any(|n| n == name) {
+            return Err(AdapterError::Input(format!(
+                "a head named `{name}` already exists"
+            )));
+        }
+        self.head_names.push(name.to_string());
+        self.heads.push(head);
+        Ok(())
+    }
+
+    /// Names of the adapters, in the order added.
+    pub fn adapter_names(&self) -> &[String] {
+        &self.adapter_names
+    }
+
+    /// Makes adapter `name` the active setup (`None`: the bare backbone).
+    pub fn set_active(&mut self, name: Option<&str>) -> Result<()> {
+        if let Some(name) = name {
+            if !self.adapter_names.iter().any(|n| n == name) {
+                return Err(AdapterError::Input(format!(
+                    "unknown adapter `{name}` (loaded: {})",
+                    self.adapter_names.join(", ")
+                )));
+            }
+        }
+        self.active = name.map(str::to_string);
+        Ok(())
+    }
+
+    fn index_of(names: &[String], name: &str) -> Option<usize> {
+        names.iter().position(|n| n == name)
+    }
+
+    /// The encoder with the active adapter, and the logits of its head.
+    pub fn forward(&self, input: &EncoderInput<B>) -> Result<AdapterOutput<B>> {
+        let active = self.active.as_deref();
+        let adapter = active
+            .and_then(|n| Self::index_of(&self.adapter_names, n))
+            .map(|i| &self.adapters[i]);
+        let encoded = match adapter {
+            Some(adapter) => self
+                .backbone
+                .forward_with(input, &mut ActiveAdapter { adapter }),
+            None => self.backbone.forward(input),
+        };
+        let logits = match active.and_then(|n| Self::index_of(&self.head_names, n)) {
+            Some(i) => Some(self.heads[i].forward(&encoded)?),
+            None => None,
+        };
+        Ok(AdapterOutput { encoded, logits })
+    }
+}
+
+/// The hooks of one active adapter.
+pub struct ActiveAdapter<'a, B: Backend> {
+    /// The adapter acting at every site it has.
+    pub adapter: &'a Adapter<B>,
+}
+
+impl<B: Backend> Hooks<B> for ActiveAdapter<'_, B> {
+    fn sublayer_end(
+        &mut self,
+        layer: usize,
+        site: SubLayer,
+        output: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
+        layer_norm: &LayerNorm<B>,
+    ) -> Tensor<B, 3> {
+        match self.adapter {
+            Adapter::Bottleneck(adapter) => match adapter.at(layer, site) {
+                Some(bottleneck) => bottleneck.sublayer_end(output, residual, layer_norm),
+                None => layer_norm.forward(output + residual),
+            },
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Reading adapter weights by their checkpoint key, with one-line errors naming file and key.
+//!
+//! Adapter files are small, so they are read whole into memory; tensors are taken out by name and
+//! turned into Burn modules here (PyTorch stores `Linear` weights `[out, in]`, Burn `[in, out]`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use safetensors::SafeTensors;
+
+use crate::error::{AdapterError, Result};
+
+/// One tensor of a checkpoint, as f32.
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    /// Shape as stored.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+/// The tensors of one checkpoint file, taken out by key.
+#[derive(Debug)]
+pub struct TensorFile {
+    path: PathBuf,
+    tensors: BTreeMap<String, RawTensor>,
+}
+
+impl TensorFile {
+    /// Reads a `.safetensors` file (f32, f16 or bf16 tensors, converted to f32).
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| AdapterError::io(path, e))?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::File {
+            path: path.to_path_buf(),
+            message: format!("not a readable safetensors file ({e})"),
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in file.tensors() {
+            let data = view.data();
+            let values: Vec<f32> = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                safetensors::Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                other => {
+                    return Err(AdapterError::File {
+                        path: path.to_path_buf(),
+                        message: format!("tensor `{name}` has unsupported dtype {other:?}"),
+                    })
+                }
+            };
+            let shape = view.shape().to_vec();
+            tensors.insert(name, RawTensor { shape, values });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    /// The file this came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keys not yet taken.
+    pub fn remaining(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Whether `key` is present (and not yet taken).
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.contains_key(key)
+    }
+
+    fn error(&self, message: String) -> AdapterError {
+        AdapterError::File {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    /// Takes the tensor `key`, which must have shape `shape`.
+    pub fn take(&mut self, key: &str, shape: &[usize]) -> Result<RawTensor> {
+        let tensor = self
+            .tensors
+            .remove(key)
+            .ok_or_else(|| self.error(format!("missing tensor `{key}`")))?;
+        if tensor.shape != shape {
+            return Err(self.error(format!(
+                "tensor `{key}` has shape {:?}, the backbone needs {shape:?}",
+                tensor.shape
+            )));
+        }
+        Ok(tensor)
+    }
+
+    /// Takes `{prefix}.weight` `[out, in]` (and `{prefix}.bias` `[out]`) as a Burn `Linear`.
+    pub fn take_linear<B: Backend>(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        device: &B::Device,
+    ) -> Result<Linear<B>> {
+        let weight = self.take(&format!("{prefix}.weight"), &[d_out, d_in])?;
+        let mut linear = LinearConfig::new(d_in, d_out)
+            .with_bias(bias)
+            .init::<B>(device);
+        let w = Tensor::<B, 2>::from_data(TensorData::new(weight.values, [d_out, d_in]), device);
+        linear.weight = Param::from_tensor(w.transpose());
+        if bias {
+            let b = self.take(&format!("{prefix}.bias"), &[d_out])?;
+            linear.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(b.values, [d_out]),
+                device,
+            )));
+        }
+        Ok(linear)
+    }
+
+    /// Takes `{prefix}.weight` and `{prefix}.bias` `[width]` as a Burn `LayerNorm`.
+    pub fn take_layer_norm<B: Backend>(
+        &mut self,
+        prefix: &str,
+        width: usize,
+        epsilon: f64,
+        device: &B::Device,
+    ) -> Result<LayerNorm<B>> {
+        let gamma = self.take(&format!("{prefix}.weight"), &[width])?;
+        let beta = self.take(&format!("{prefix}.bias"), &[width])?;
+        let mut norm = LayerNormConfig::new(width)
+            .with_epsilon(epsilon)
+            .init::<B>(device);
+        norm.gamma = Param::from_tensor(Tensor::from_data(
+            TensorData::new(gamma.values, [width]),
+            device,
+        ));
+        norm.beta = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(beta.values, [width]),
+            device,
+        )));
+        Ok(norm)
+    }
+}

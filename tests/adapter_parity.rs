@@ -1,0 +1,90 @@
+//! Adapter folders saved by the real AdapterHub library (random non-zero weights; written by
+//! tools/reference/make_adapter_fixtures.py) give AdapterHub's hidden states and logits.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
+use common::{fixture_path, flat2, flat3, max_abs_diff, model_dir};
+use serde::Deserialize;
+use sinew::adapter::{AdapterFolder, AdapterModel};
+use sinew::backbone::Pretrained;
+
+#[derive(Deserialize)]
+struct Case {
+    last_hidden_state: Vec<Vec<Vec<f32>>>,
+    logits: Vec<Vec<f32>>,
+}
+
+#[derive(Deserialize)]
+struct Outputs {
+    texts: Vec<String>,
+    input_ids: Vec<Vec<u32>>,
+    cases: BTreeMap<String, Case>,
+}
+
+fn parity<B: Backend>() {
+    let device = B::Device::default();
+    let dir = fixture_path("adapters");
+    let outputs: Outputs =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let tokens = pretrained.tokenizer.encode(&outputs.texts).unwrap();
+    assert_eq!(tokens.input_ids, outputs.input_ids);
+    let input = tokens.to_input::<B>(&device);
+    let plain = pretrained.model.forward(&input).last_hidden_state;
+    let plain = plain.into_data().to_vec::<f32>().unwrap();
+
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    assert!(outputs.cases.len() >= 6);
+    for (name, case) in &outputs.cases {
+        let folder = AdapterFolder::read(&dir.join(name), model.config()).unwrap();
+        assert_eq!(&folder.name, name);
+        let adapter = folder.load_adapter::<B>(model.config(), &device).unwrap();
+        let head = folder
+            .load_head::<B>(model.config(), &device)
+            .unwrap()
+            .expect("head");
+        model.add_adapter(name, adapter).unwrap();
+        model.add_head(name, head).unwrap();
+        model.set_active(Some(name)).unwrap();
+
+        let out = model.forward(&input).unwrap();
+        let hidden = out
+            .encoded
+            .last_hidden_state
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let want = flat3(&case.last_hidden_state);
+        assert!(
+            max_abs_diff(&plain, &want) > 1e-2,
+            "{name}: the adapter must change the hidden states for this test to mean anything"
+        );
+        let diff = max_abs_diff(&hidden, &want);
+        eprintln!("{name}: last_hidden_state max |diff| {diff:.2e}");
+        assert!(diff <= 1e-4, "{name}: last_hidden_state differs by {diff}");
+        let logits = out
+            .logits
+            .expect("head")
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let diff = max_abs_diff(&logits, &flat2(&case.logits));
+        eprintln!("{name}: logits max |diff| {diff:.2e}");
+        assert!(diff <= 1e-4, "{name}: logits differ by {diff}");
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn adapterhub_bottleneck_folders_match_on_ndarray() {
+    parity::<sinew::backend::NdArrayBackend>();
+}
+
+#[cfg(feature = "flex")]
+#[test]
+fn adapterhub_bottleneck_folders_match_on_flex() {
+    parity::<sinew::backend::FlexBackend>();
+}

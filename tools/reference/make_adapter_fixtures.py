@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Golden fixtures for the adapter parity tests, written with AdapterHub `adapters` on the real MiniLM.
+
+For each case: add the adapter (and a classification head) with the library, overwrite every adapter
+and head parameter with seeded random non-zero values (a zero-initialised up projection would make
+the test trivial), save the folder with the library's own `save_adapter(..., use_safetensors=True)`
+into tests/fixtures/adapters/<case>/, and record hidden states and logits of a small batch into
+tests/fixtures/adapters/outputs.json. tests/adapter_parity.rs reads both.
+
+    tools/reference/.venv/bin/python tools/reference/make_adapter_fixtures.py [MODEL_DIR]
+"""
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from adapters import AutoAdapterModel, BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+from transformers import AutoTokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = ROOT / "tests" / "fixtures" / "adapters"
+
+TEXTS = [
+    "The service was slow but the food made up for it.",
+    "Parameter-efficient fine-tuning trains a few weights.",
+    "Worst purchase I have made this year!",
+    "Ok.",
+]
+
+CASES = {
+    "seq_bn": SeqBnConfig(),
+    "double_seq_bn": DoubleSeqBnConfig(),
+    # par_bn's default reduction 2 would make 3.5 MB of fixtures; 16 tests the same code.
+    "par_bn": ParBnConfig(reduction_factor=16),
+    "scaled_par_bn": ParBnConfig(scaling="learned", reduction_factor=16),
+    # Most knobs away from their defaults at once. (ln_before cannot be saved as safetensors by
+    # AdapterHub — its LayerNorm is registered twice — so it waits for .bin support.)
+    "seq_knobs": BnConfig(
+        mh_adapter=True, output_adapter=True, reduction_factor={"0": 8, "default": 16}, non_linearity="gelu",
+        ln_after=True, use_gating=True, residual_before_ln="post_add",
+        original_ln_before=True, scaling=0.5, leave_out=[5],
+    ),
+    "seq_knobs_b": BnConfig(
+        mh_adapter=False, output_adapter=True, reduction_factor=12, non_linearity="tanh",
+        original_ln_before=True, original_ln_after=False, residual_before_ln=False,
+        adapter_residual_before_ln=True, ln_after=True, scaling="channel",
+    ),
+}
+
+
+def randomize(module, generator):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=generator) * 0.1
+            if name.endswith("weight") and p.dim() == 1:  # LayerNorm gamma: around 1
+                p.copy_(1.0 + noise)
+            elif name.endswith("scaling"):
+                p.copy_(1.0 + noise)
+            else:
+                p.copy_(noise)
+
+
+def main():
+    default = Path(os.environ.get("SINEW_HOME", Path.home() / ".cache" / "sinew")) / "models" / "all-MiniLM-L6-v2"
+    model_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else default
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    enc = tok(TEXTS, padding="longest", return_tensors="pt")
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    OUT.mkdir(parents=True)
+    outputs = {"texts": TEXTS, "cases": {}}
+    for i, (case, config) in enumerate(CASES.items()):
+        model = AutoAdapterModel.from_pretrained(model_dir, attn_implementation="eager")
+        model.add_adapter(case, config=config)
+        layers = 2 if case == "seq_bn" else 1  # one 2-layer head is enough; they are 0.6 MB each
+        model.add_classification_head(
+            case, num_labels=3, layers=layers, id2label={0: "negative", 1: "neutral", 2: "positive"}
+        )
+        generator = torch.Generator().manual_seed(1000 + i)
+        for layer in model.bert.encoder.layer:
+            for site in (layer.attention.output, layer.output):
+                if case in site.adapters:
+                    randomize(site.adapters[case], generator)
+        randomize(model.heads[case], generator)
+        model.set_active_adapters(case)
+        model.eval()
+        with torch.no_grad():
+            out = model(**enc, output_hidden_states=True)
+        model.save_adapter(str(OUT / case), case, with_head=True, use_safetensors=True)
+        outputs["cases"][case] = {
+            "last_hidden_state": [[[round(v, 7) for v in row] for row in seq] for seq in out.hidden_states[-1].tolist()],
+            "logits": [[round(v, 7) for v in row] for row in out.logits.tolist()],
+        }
+        print(case, sorted(p.name for p in (OUT / case).iterdir()))
+    outputs["input_ids"] = enc["input_ids"].tolist()
+    (OUT / "outputs.json").write_text(json.dumps(outputs, separators=(",", ":")))
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()
