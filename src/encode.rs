@@ -7,8 +7,9 @@ use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use crate::adapter::{AdapterFolder, AdapterModel};
 use crate::backbone::files::write_atomic_with;
-use crate::backbone::{Pretrained, TokenBatch};
+use crate::backbone::{Pretrained, TextTokenizer, TokenBatch};
 use crate::backend::BackendJob;
 
 /// The JSON `sinew encode` writes; every array is row-major, padded positions included.
@@ -22,6 +23,9 @@ pub struct Encoded {
     pub last_hidden_state: Vec<Vec<Vec<f32>>>,
     /// `[batch][hidden]`, mean over real tokens.
     pub mean_pooled: Vec<Vec<f32>>,
+    /// `[batch][labels]`, when the active adapter has a head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<Vec<f32>>>,
 }
 
 /// Reads one text per line; blank lines are skipped with a warning, and a file with no text is
@@ -46,10 +50,11 @@ pub fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(texts)
 }
 
-/// Encodes `texts` in batches of `batch_size`, all padded to the longest text, so the output is
-/// the same as one batch of everything.
+/// Encodes `texts` with the model's active adapter (if any) in batches of `batch_size`, all
+/// padded to the longest text, so the output is the same as one batch of everything.
 pub fn encode_texts<B: Backend>(
-    pretrained: &Pretrained<B>,
+    model: &AdapterModel<B>,
+    tokenizer: &TextTokenizer,
     texts: &[String],
     batch_size: usize,
     device: &B::Device,
@@ -57,12 +62,12 @@ pub fn encode_texts<B: Backend>(
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let tokens = pretrained.tokenizer.encode(texts)?;
+    let tokens = tokenizer.encode(texts)?;
     for &i in &tokens.truncated {
         tracing::warn!(
             "text {} is longer than {} tokens and was truncated",
             i + 1,
-            pretrained.tokenizer.max_len()
+            tokenizer.max_len()
         );
     }
     let bar = ProgressBar::new(texts.len() as u64).with_style(
@@ -74,6 +79,7 @@ pub fn encode_texts<B: Backend>(
         attention_mask: tokens.attention_mask.clone(),
         last_hidden_state: Vec::with_capacity(texts.len()),
         mean_pooled: Vec::with_capacity(texts.len()),
+        logits: None,
     };
     for start in (0..texts.len()).step_by(batch_size) {
         let end = (start + batch_size).min(texts.len());
@@ -83,7 +89,15 @@ pub fn encode_texts<B: Backend>(
             attention_mask: tokens.attention_mask[start..end].to_vec(),
             truncated: Vec::new(),
         };
-        let output = pretrained.model.forward(&chunk.to_input::<B>(device));
+        let output = model.forward(&chunk.to_input::<B>(device))?;
+        if let Some(logits) = output.logits {
+            let labels = logits.dims()[1];
+            let values = logits.into_data().to_vec::<f32>()?;
+            out.logits
+                .get_or_insert_with(Vec::new)
+                .extend(values.chunks(labels).map(<[f32]>::to_vec));
+        }
+        let output = output.encoded;
         let [batch, seq, hidden] = output.last_hidden_state.dims();
         let states = output
             .last_hidden_state
@@ -117,6 +131,10 @@ pub struct EncodeJob {
     pub max_len: Option<usize>,
     /// Texts per forward pass.
     pub batch_size: usize,
+    /// Adapter folders (AdapterHub layout) to load.
+    pub adapters: Vec<PathBuf>,
+    /// The adapter to activate (default: the only one loaded).
+    pub setup: Option<String>,
 }
 
 impl BackendJob for EncodeJob {
@@ -125,7 +143,32 @@ impl BackendJob for EncodeJob {
     fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<usize> {
         let texts = read_texts(&self.input)?;
         let pretrained = Pretrained::<B>::load(&self.model, self.max_len, device)?;
-        let encoded = encode_texts(&pretrained, &texts, self.batch_size, device)?;
+        let mut model = AdapterModel::new(pretrained.model, pretrained.config);
+        for dir in &self.adapters {
+            let folder = AdapterFolder::read(dir, model.config())?;
+            let adapter = folder.load_adapter::<B>(model.config(), device)?;
+            model.add_adapter(&folder.name, adapter)?;
+            if let Some(head) = folder.load_head::<B>(model.config(), device)? {
+                model.add_head(&folder.name, head)?;
+            }
+        }
+        let setup = match (&self.setup, model.adapter_names()) {
+            (Some(name), _) => Some(name.clone()),
+            (None, [only]) => Some(only.clone()),
+            (None, []) => None,
+            (None, names) => bail!(
+                "several adapters loaded ({}): choose one with --setup",
+                names.join(", ")
+            ),
+        };
+        model.set_active(setup.as_deref())?;
+        let encoded = encode_texts(
+            &model,
+            &pretrained.tokenizer,
+            &texts,
+            self.batch_size,
+            device,
+        )?;
         write_atomic_with(&self.output, |w| {
             serde_json::to_writer(w, &encoded).map_err(std::io::Error::other)
         })?;

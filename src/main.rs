@@ -43,6 +43,12 @@ enum Command {
         /// Texts per forward pass.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
+        /// Adapter folder saved by AdapterHub's `save_adapter` (repeatable).
+        #[arg(long = "adapter")]
+        adapters: Vec<PathBuf>,
+        /// The adapter to activate, by name (default: the only adapter given).
+        #[arg(long)]
+        setup: Option<String>,
     },
 }
 
@@ -74,6 +80,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             backend,
             max_len,
             batch_size,
+            adapters,
+            setup,
         } => {
             let model = match model {
                 Some(dir) => dir,
@@ -85,6 +93,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 output: output.clone(),
                 max_len,
                 batch_size,
+                adapters,
+                setup,
             };
             let count = backend.run(job)?;
             eprintln!("encoded {count} texts into {}", output.display());
