@@ -1,4 +1,4 @@
-//! Adapter folders saved by the real AdapterHub library (random non-zero weights; written by
+//! Adapter folders (bottleneck, LoRA, IA3) saved by the real AdapterHub library (random non-zero weights; written by
 //! tools/reference/make_adapter_fixtures.py) give AdapterHub's hidden states and logits.
 
 mod common;
@@ -37,7 +37,7 @@ fn parity<B: Backend>() {
     let plain = plain.into_data().to_vec::<f32>().unwrap();
 
     let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
-    assert!(outputs.cases.len() >= 6);
+    assert!(outputs.cases.len() >= 9, "bottleneck, LoRA and IA3 cases");
     for (name, case) in &outputs.cases {
         let folder = AdapterFolder::read(&dir.join(name), model.config()).unwrap();
         assert_eq!(&folder.name, name);
@@ -77,14 +77,79 @@ fn parity<B: Backend>() {
     }
 }
 
+/// Merged LoRA gives the unmerged outputs to 1e-5 (IA3 to 5e-5: its merge rescales every weight,
+/// which re-rounds each product; AdapterHub's own merge differs by 3.6e-5), and unmerging restores
+/// the backbone's weights bit for bit.
+fn merge_roundtrip<B: Backend>() {
+    let device = B::Device::default();
+    let dir = fixture_path("adapters");
+    let outputs: Outputs =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let input = pretrained
+        .tokenizer
+        .encode(&outputs.texts)
+        .unwrap()
+        .to_input::<B>(&device);
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    let weights = |m: &AdapterModel<B>| {
+        let layer = &m.backbone.encoder.layer[0];
+        [
+            &layer.attention.self_attention.value,
+            &layer.intermediate.dense,
+        ]
+        .map(|l| l.weight.val().into_data().to_vec::<f32>().unwrap())
+    };
+    let before = weights(&model);
+    for (name, tolerance) in [("lora", 1e-5), ("ia3", 5e-5)] {
+        let folder = AdapterFolder::read(&dir.join(name), model.config()).unwrap();
+        model
+            .add_adapter(
+                name,
+                folder.load_adapter::<B>(model.config(), &device).unwrap(),
+            )
+            .unwrap();
+        model.set_active(Some(name)).unwrap();
+        let unmerged = model.forward(&input).unwrap().encoded.last_hidden_state;
+        model.merge_adapter(name).unwrap();
+        assert_ne!(
+            weights(&model),
+            before,
+            "{name}: merging must change the weights"
+        );
+        let merged = model.forward(&input).unwrap().encoded.last_hidden_state;
+        let diff = max_abs_diff(
+            &merged.into_data().to_vec::<f32>().unwrap(),
+            &unmerged.into_data().to_vec::<f32>().unwrap(),
+        );
+        eprintln!("{name}: merged vs unmerged max |diff| {diff:.2e}");
+        assert!(
+            diff <= tolerance,
+            "{name}: merged differs from unmerged by {diff}"
+        );
+        model.unmerge_adapter();
+        assert_eq!(
+            weights(&model),
+            before,
+            "{name}: unmerge must restore the weights exactly"
+        );
+    }
+}
+
 #[cfg(feature = "ndarray")]
 #[test]
-fn adapterhub_bottleneck_folders_match_on_ndarray() {
+fn lora_and_ia3_merge_and_unmerge_exactly() {
+    merge_roundtrip::<sinew::backend::NdArrayBackend>();
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn adapterhub_folders_match_on_ndarray() {
     parity::<sinew::backend::NdArrayBackend>();
 }
 
 #[cfg(feature = "flex")]
 #[test]
-fn adapterhub_bottleneck_folders_match_on_flex() {
+fn adapterhub_folders_match_on_flex() {
     parity::<sinew::backend::FlexBackend>();
 }

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import torch
-from adapters import AutoAdapterModel, BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+from adapters import AutoAdapterModel, BnConfig, DoubleSeqBnConfig, IA3Config, LoRAConfig, ParBnConfig, SeqBnConfig
 from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,14 +47,21 @@ CASES = {
         original_ln_before=True, original_ln_after=False, residual_before_ln=False,
         adapter_residual_before_ln=True, ln_after=True, scaling="channel",
     ),
+    "lora": LoRAConfig(r=8, alpha=16),
+    # Every projection AdapterHub can reach, a gate instead of the fixed scaling, one layer left out.
+    "lora_all": LoRAConfig(
+        r=4, alpha=8, attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True,
+        use_gating=True, leave_out=[2],
+    ),
+    "ia3": IA3Config(),
 }
 
 
-def randomize(module, generator):
+def randomize(module, generator, around_one=False):
     with torch.no_grad():
         for name, p in module.named_parameters():
             noise = torch.randn(p.shape, generator=generator) * 0.1
-            if name.endswith("weight") and p.dim() == 1:  # LayerNorm gamma: around 1
+            if around_one or (name.endswith("weight") and p.dim() == 1):  # IA3 scales, LayerNorm gamma
                 p.copy_(1.0 + noise)
             elif name.endswith("scaling"):
                 p.copy_(1.0 + noise)
@@ -83,6 +90,10 @@ def main():
             for site in (layer.attention.output, layer.output):
                 if case in site.adapters:
                     randomize(site.adapters[case], generator)
+            attn = layer.attention.self
+            for proj in (attn.query, attn.key, attn.value, layer.intermediate.dense, layer.output.dense):
+                if hasattr(proj, "loras") and case in proj.loras:
+                    randomize(proj.loras[case], generator, around_one=case.startswith("ia3"))
         randomize(model.heads[case], generator)
         model.set_active_adapters(case)
         model.eval()

@@ -87,7 +87,8 @@ mod tests {
     #[test]
     fn closed_forms() {
         let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
-        let cases: [(&str, fn(f64) -> f64); 5] = [
+        type ClosedForm = fn(f64) -> f64;
+        let cases: [(&str, ClosedForm); 5] = [
             ("relu", |v| v.max(0.0)),
             ("swish", |v| v / (1.0 + (-v).exp())),
             ("tanh", f64::tanh),

@@ -11,6 +11,7 @@ use sinew_backbone::BertConfig;
 use crate::bottleneck::{BnConfig, BottleneckAdapter};
 use crate::error::{AdapterError, Result};
 use crate::head::{ClassificationHead, HeadConfig};
+use crate::lora::{LoraAdapter, LoraConfig};
 use crate::tensors::TensorFile;
 use crate::Adapter;
 
@@ -36,11 +37,16 @@ const BN_ACCEPTED: [&str; 17] = [
     "stochastic_depth",
 ];
 
+/// AdapterHub keys of `LoRAConfig` that sinew accepts at their defaults or ignores.
+const LORA_ACCEPTED: [&str; 5] = ["architecture", "dtype", "use_dora", "vera_b", "vera_d"];
+
 /// The method config of an adapter, by `architecture`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MethodConfig {
     /// `bottleneck` (AdapterHub writes no `architecture` key for it).
     Bottleneck(BnConfig),
+    /// `lora`: LoRA (`composition_mode` `add`) or IA3 (`scale`).
+    Lora(LoraConfig),
 }
 
 /// What an adapter folder holds, parsed and checked against the backbone.
@@ -111,10 +117,18 @@ impl AdapterFolder {
                 warn_unknown(&path, &raw, &config, &BN_ACCEPTED);
                 MethodConfig::Bottleneck(config)
             }
+            "lora" => {
+                LoraConfig::check_supported(&raw).map_err(|m| AdapterError::file(&path, m))?;
+                let config: LoraConfig = serde_json::from_value(Value::Object(raw.clone()))
+                    .map_err(|e| AdapterError::file(&path, format!("config: {e}")))?;
+                config.validate().map_err(|m| AdapterError::file(&path, m))?;
+                warn_unknown(&path, &raw, &config, &LORA_ACCEPTED);
+                MethodConfig::Lora(config)
+            }
             other => {
                 return Err(AdapterError::file(
                     &path,
-                    format!("`architecture` = \"{other}\" is not supported yet (sinew reads bottleneck adapters)"),
+                    format!("`architecture` = \"{other}\" is not supported yet (sinew reads bottleneck and lora adapters)"),
                 ))
             }
         };
@@ -145,6 +159,9 @@ impl AdapterFolder {
         let mut file = TensorFile::read(&path)?;
         let adapter = match &self.config {
             MethodConfig::Bottleneck(config) => Adapter::Bottleneck(BottleneckAdapter::load(
+                config, model, &self.name, &mut file, device,
+            )?),
+            MethodConfig::Lora(config) => Adapter::Lora(LoraAdapter::load(
                 config, model, &self.name, &mut file, device,
             )?),
         };

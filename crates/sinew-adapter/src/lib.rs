@@ -2,6 +2,7 @@
 //! backbone through [`sinew_backbone::Hooks`].
 //!
 //! - [`bottleneck`]: `seq_bn`, `double_seq_bn`, `par_bn`, `scaled_par_bn` with AdapterHub's knobs;
+//! - [`lora`]: LoRA and IA3 (AdapterHub's `lora` architecture), merge and unmerge;
 //! - [`head`]: classification heads in AdapterHub's layout;
 //! - [`folder`]: reading folders written by AdapterHub's `save_adapter`;
 //! - [`model`]: backbone + named adapters + heads, and the hooks of the active adapter.
@@ -16,6 +17,7 @@ pub mod bottleneck;
 pub mod error;
 pub mod folder;
 pub mod head;
+pub mod lora;
 pub mod model;
 pub mod tensors;
 
@@ -31,4 +33,6 @@ pub use model::{AdapterModel, AdapterOutput};
 pub enum Adapter<B: Backend> {
     /// A bottleneck adapter ([`bottleneck`]).
     Bottleneck(bottleneck::BottleneckAdapter<B>),
+    /// A LoRA or IA3 adapter ([`lora`]).
+    Lora(lora::LoraAdapter<B>),
 }

@@ -4,9 +4,9 @@
 //! sub-layer end where the active adapter has a bottleneck, the bottleneck decides residual and
 //! LayerNorm; everywhere else the plain transformer runs.
 
-use burn::nn::LayerNorm;
+use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
-use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput, Hooks, SubLayer};
+use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput, Hooks, Projection, SubLayer};
 
 use crate::error::{AdapterError, Result};
 use crate::head::ClassificationHead;
@@ -29,6 +29,9 @@ pub struct AdapterModel<B: Backend> {
     head_names: Vec<String>,
     #[module(skip)]
     active: Option<String>,
+    /// The merged adapter and the backbone projections its merge replaced.
+    #[module(skip)]
+    merged: Option<(String, Vec<crate::lora::SavedProjection>)>,
 }
 
 /// What one forward pass returns.
@@ -51,6 +54,7 @@ impl<B: Backend> AdapterModel<B> {
             adapter_names: Vec::new(),
             head_names: Vec::new(),
             active: None,
+            merged: None,
         }
     }
 
@@ -102,6 +106,33 @@ impl<B: Backend> AdapterModel<B> {
         Ok(())
     }
 
+    /// Folds LoRA/IA3 adapter `name` into the backbone's weights: it then costs nothing at
+    /// inference. One adapter at a time; [`unmerge_adapter`](Self::unmerge_adapter) undoes it exactly.
+    pub fn merge_adapter(&mut self, name: &str) -> Result<()> {
+        if let Some((merged, _)) = &self.merged {
+            return Err(AdapterError::Input(format!(
+                "adapter `{merged}` is already merged"
+            )));
+        }
+        let index = Self::index_of(&self.adapter_names, name)
+            .ok_or_else(|| AdapterError::Input(format!("unknown adapter `{name}`")))?;
+        let Adapter::Lora(lora) = &self.adapters[index] else {
+            return Err(AdapterError::Input(format!(
+                "only LoRA/IA3 adapters can be merged; `{name}` is not one"
+            )));
+        };
+        let saved = lora.merge_into(&mut self.backbone)?;
+        self.merged = Some((name.to_string(), saved));
+        Ok(())
+    }
+
+    /// Restores the backbone weights a merge replaced.
+    pub fn unmerge_adapter(&mut self) {
+        if let Some((_, saved)) = self.merged.take() {
+            crate::lora::LoraAdapter::unmerge_from(&mut self.backbone, saved);
+        }
+    }
+
     fn index_of(names: &[String], name: &str) -> Option<usize> {
         names.iter().position(|n| n == name)
     }
@@ -109,7 +140,10 @@ impl<B: Backend> AdapterModel<B> {
     /// The encoder with the active adapter, and the logits of its head.
     pub fn forward(&self, input: &EncoderInput<B>) -> Result<AdapterOutput<B>> {
         let active = self.active.as_deref();
+        let merged = self.merged.as_ref().map(|(n, _)| n.as_str());
+        // A merged adapter already lives in the backbone's weights.
         let adapter = active
+            .filter(|&n| Some(n) != merged)
             .and_then(|n| Self::index_of(&self.adapter_names, n))
             .map(|i| &self.adapters[i]);
         let encoded = match adapter {
@@ -133,6 +167,23 @@ pub struct ActiveAdapter<'a, B: Backend> {
 }
 
 impl<B: Backend> Hooks<B> for ActiveAdapter<'_, B> {
+    fn project(
+        &mut self,
+        layer: usize,
+        site: Projection,
+        linear: &Linear<B>,
+        x: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let y = linear.forward(x.clone());
+        match self.adapter {
+            Adapter::Lora(adapter) => match adapter.at(layer, site) {
+                Some(update) => update.apply(x, y),
+                None => y,
+            },
+            Adapter::Bottleneck(_) => y,
+        }
+    }
+
     fn sublayer_end(
         &mut self,
         layer: usize,
@@ -146,6 +197,7 @@ impl<B: Backend> Hooks<B> for ActiveAdapter<'_, B> {
                 Some(bottleneck) => bottleneck.sublayer_end(output, residual, layer_norm),
                 None => layer_norm.forward(output + residual),
             },
+            Adapter::Lora(_) => layer_norm.forward(output + residual),
         }
     }
 }

@@ -1,0 +1,475 @@
+//! LoRA and IA3 — AdapterHub's `architecture: "lora"`, with `composition_mode` `add` (LoRA:
+//! y = W·x + scaling·(x·Aᵀ·Bᵀ)) or `scale` (IA3: y = (W·x) ⊙ (alpha·b)).
+//!
+//! Both act through [`sinew_backbone::Hooks::project`] on the activation path: the full ΔW is
+//! never built in the forward pass. [`LoraAdapter::merge_into`] folds ΔW into the frozen weights
+//! for serving; [`LoraAdapter::unmerge_from`] restores the saved originals bit for bit.
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::Distribution;
+use serde::{Deserialize, Serialize};
+use sinew_backbone::{Bert, BertConfig, Projection};
+
+use crate::bottleneck::model_prefix;
+use crate::error::{AdapterError, Result};
+use crate::tensors::TensorFile;
+
+/// How the low-rank update is composed with the frozen projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompositionMode {
+    /// LoRA: add `scaling · x·Aᵀ·Bᵀ`.
+    Add,
+    /// IA3: multiply the output by `alpha · b`.
+    Scale,
+}
+
+/// Weight initialisation of a new LoRA/IA3 adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraInit {
+    /// Kaiming-uniform A, zero B: the adapter starts as identity.
+    Lora,
+    /// N(0, 0.02) for A and B.
+    Bert,
+    /// Ones (IA3 starts as identity).
+    Ia3,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn eight() -> usize {
+    8
+}
+fn qv() -> Vec<String> {
+    vec!["q".into(), "v".into()]
+}
+fn yes() -> bool {
+    true
+}
+fn add() -> CompositionMode {
+    CompositionMode::Add
+}
+fn lora_init() -> LoraInit {
+    LoraInit::Lora
+}
+
+/// AdapterHub's `LoRAConfig` (and `IA3Config`), field for field; DoRA and VeRA are rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank of the update (1 for IA3).
+    #[serde(default = "eight")]
+    pub r: usize,
+    /// LoRA: the update is scaled by `alpha / r`; IA3: by `alpha`.
+    #[serde(default = "one")]
+    pub alpha: f64,
+    /// Dropout on the LoRA input while training.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Which of `q`, `k`, `v` get an update (with `selfattn_lora`).
+    #[serde(default = "qv")]
+    pub attn_matrices: Vec<String>,
+    /// `add` (LoRA) or `scale` (IA3).
+    #[serde(default = "add")]
+    pub composition_mode: CompositionMode,
+    /// How a new adapter is initialised.
+    #[serde(default = "lora_init")]
+    pub init_weights: LoraInit,
+    /// A learned sigmoid gate replaces the fixed scaling.
+    #[serde(default)]
+    pub use_gating: bool,
+    /// Updates on the attention's Q/K/V projections.
+    #[serde(default = "yes")]
+    pub selfattn_lora: bool,
+    /// An update on the FFN's first projection (`intermediate.dense`).
+    #[serde(default)]
+    pub intermediate_lora: bool,
+    /// An update on the FFN's second projection (`output.dense`).
+    #[serde(default)]
+    pub output_lora: bool,
+    /// Layers without updates.
+    #[serde(default)]
+    pub leave_out: Vec<usize>,
+}
+
+impl LoraConfig {
+    /// AdapterHub's `lora` preset: r 8, alpha 8, on Q and V.
+    pub fn lora() -> Self {
+        Self {
+            r: 8,
+            alpha: 8.0,
+            dropout: 0.0,
+            attn_matrices: qv(),
+            composition_mode: CompositionMode::Add,
+            init_weights: LoraInit::Lora,
+            use_gating: false,
+            selfattn_lora: true,
+            intermediate_lora: false,
+            output_lora: false,
+            leave_out: vec![],
+        }
+    }
+
+    /// AdapterHub's `ia3` preset: scaling vectors on K, V and the FFN's first projection.
+    pub fn ia3() -> Self {
+        Self {
+            r: 1,
+            alpha: 1.0,
+            attn_matrices: vec!["k".into(), "v".into()],
+            composition_mode: CompositionMode::Scale,
+            init_weights: LoraInit::Ia3,
+            intermediate_lora: true,
+            ..Self::lora()
+        }
+    }
+
+    /// Rejects settings sinew does not implement, naming the key.
+    pub fn check_supported(raw: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+        if raw.get("use_dora").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Err("`use_dora` = true is not supported".into());
+        }
+        for key in ["vera_d", "vera_b"] {
+            if raw.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(format!("`{key}` (VeRA) is not supported"));
+            }
+        }
+        if raw.get("init_weights").and_then(serde_json::Value::as_str) == Some("vera") {
+            return Err("`init_weights` = \"vera\" is not supported".into());
+        }
+        Ok(())
+    }
+
+    /// Checks the combination of settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.r == 0 {
+            return Err("`r` must be at least 1".into());
+        }
+        if self.composition_mode == CompositionMode::Scale && self.r != 1 {
+            return Err("composition_mode \"scale\" needs `r` = 1".into());
+        }
+        if let Some(m) = self
+            .attn_matrices
+            .iter()
+            .find(|m| !["q", "k", "v"].contains(&m.as_str()))
+        {
+            return Err(format!(
+                "`attn_matrices` entry \"{m}\" is not one of q, k, v"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether projection `site` of `layer` gets an update.
+    pub fn placed_at(&self, layer: usize, site: Projection) -> bool {
+        if self.leave_out.contains(&layer) {
+            return false;
+        }
+        let attn = |m: &str| self.selfattn_lora && self.attn_matrices.iter().any(|x| x == m);
+        match site {
+            Projection::Query => attn("q"),
+            Projection::Key => attn("k"),
+            Projection::Value => attn("v"),
+            Projection::Intermediate => self.intermediate_lora,
+            Projection::Output => self.output_lora,
+            Projection::AttentionOutput => false,
+        }
+    }
+
+    /// The fixed factor on the update (replaced by the gate with `use_gating`).
+    fn scaling(&self) -> f64 {
+        match self.composition_mode {
+            CompositionMode::Add => self.alpha / self.r as f64,
+            CompositionMode::Scale => self.alpha,
+        }
+    }
+}
+
+/// The update of one projection. Field names follow AdapterHub's keys.
+#[derive(Module, Debug)]
+pub struct LoraSite<B: Backend> {
+    /// `lora_A`, stored transposed `[in, r]` so that the update is `x·a·b` (LoRA only).
+    pub lora_a: Option<Param<Tensor<B, 2>>>,
+    /// `lora_B`, transposed: `[r, out]` for LoRA, `[1, out]` for IA3.
+    pub lora_b: Param<Tensor<B, 2>>,
+    /// `gate` (`use_gating`): in → 1.
+    pub gate: Option<Linear<B>>,
+    dropout: Dropout,
+    #[module(skip)]
+    mode: CompositionMode,
+    #[module(skip)]
+    scaling: f64,
+}
+
+impl<B: Backend> LoraSite<B> {
+    fn new(config: &LoraConfig, d_in: usize, d_out: usize, device: &B::Device) -> Self {
+        let r = config.r;
+        let normal = |shape: [usize; 2]| {
+            Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device)
+        };
+        let (a, b) = match config.init_weights {
+            // PyTorch's kaiming_uniform(a = √5) on A [r, in]: U(±1/√in); Burn's Linear default matches.
+            LoraInit::Lora => (
+                LinearConfig::new(d_in, r).init::<B>(device).weight.val(),
+                Tensor::zeros([r, d_out], device),
+            ),
+            LoraInit::Bert => (normal([d_in, r]), normal([r, d_out])),
+            LoraInit::Ia3 => (
+                Tensor::ones([d_in, r], device),
+                Tensor::ones([r, d_out], device),
+            ),
+        };
+        let gate = config.use_gating.then(|| {
+            let mut gate = LinearConfig::new(d_in, 1).init::<B>(device);
+            gate.weight = Param::from_tensor(normal([d_in, 1]));
+            gate
+        });
+        Self {
+            lora_a: (config.composition_mode == CompositionMode::Add)
+                .then(|| Param::from_tensor(a)),
+            lora_b: Param::from_tensor(b),
+            gate,
+            dropout: DropoutConfig::new(config.dropout).init(),
+            mode: config.composition_mode,
+            scaling: config.scaling(),
+        }
+    }
+
+    fn load(
+        config: &LoraConfig,
+        file: &mut TensorFile,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let mut site = Self::new(config, d_in, d_out, device);
+        let r = config.r;
+        let matrix = |raw: crate::tensors::RawTensor, rows: usize, cols: usize| {
+            Tensor::<B, 2>::from_data(TensorData::new(raw.values, [rows, cols]), device).transpose()
+        };
+        if site.lora_a.is_some() {
+            let a = file.take(&format!("{prefix}.lora_A"), &[r, d_in])?;
+            site.lora_a = Some(Param::from_tensor(matrix(a, r, d_in)));
+        }
+        let b = file.take(&format!("{prefix}.lora_B"), &[d_out, r])?;
+        site.lora_b = Param::from_tensor(matrix(b, d_out, r));
+        if config.use_gating {
+            site.gate = Some(file.take_linear(&format!("{prefix}.gate"), d_in, 1, true, device)?);
+        }
+        Ok(site)
+    }
+
+    /// The projection's output `y = linear(x)` with the update applied; `[batch, seq, ·]`.
+    pub fn apply(&self, x: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
+        let factor = |t: Tensor<B, 3>| match &self.gate {
+            // One gate per example: the mean over the sequence of the per-token gates.
+            Some(gate) => t * sigmoid(gate.forward(x.clone())).mean_dim(1),
+            None => t * self.scaling,
+        };
+        match &self.lora_a {
+            Some(a) => {
+                let [batch, seq, d_in] = x.dims();
+                let flat = self.dropout.forward(x.clone()).reshape([batch * seq, d_in]);
+                let delta = flat.matmul(a.val()).matmul(self.lora_b.val());
+                let d_out = delta.dims()[1];
+                y + factor(delta.reshape([batch, seq, d_out]))
+            }
+            None => {
+                let d_out = self.lora_b.dims()[1];
+                y * factor(self.lora_b.val().reshape([1, 1, d_out]))
+            }
+        }
+    }
+
+    /// Folds the update into `linear` (LoRA: W + scaling·A·B; IA3: weight and bias scaled).
+    fn merge(&self, linear: &mut Linear<B>) {
+        match &self.lora_a {
+            Some(a) => {
+                let delta = a.val().matmul(self.lora_b.val()) * self.scaling;
+                linear.weight = Param::from_tensor(linear.weight.val() + delta);
+            }
+            None => {
+                let d_out = self.lora_b.dims()[1];
+                let scale = self.lora_b.val().reshape([d_out]) * self.scaling;
+                linear.weight =
+                    Param::from_tensor(linear.weight.val() * scale.clone().unsqueeze::<2>());
+                if let Some(bias) = &linear.bias {
+                    linear.bias = Some(Param::from_tensor(bias.val() * scale));
+                }
+            }
+        }
+    }
+}
+
+/// A backbone projection as it was before a merge, kept on the host.
+#[derive(Debug, Clone)]
+pub struct SavedProjection {
+    layer: usize,
+    site: Projection,
+    weight: TensorData,
+    bias: Option<TensorData>,
+}
+
+const SITES: [Projection; 5] = [
+    Projection::Query,
+    Projection::Key,
+    Projection::Value,
+    Projection::Intermediate,
+    Projection::Output,
+];
+
+/// A LoRA/IA3 adapter across the whole model: per layer, one optional update per projection.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// `…attention.self.query.loras.NAME`, per layer.
+    pub query: Vec<Option<LoraSite<B>>>,
+    /// `…attention.self.key.loras.NAME`, per layer.
+    pub key: Vec<Option<LoraSite<B>>>,
+    /// `…attention.self.value.loras.NAME`, per layer.
+    pub value: Vec<Option<LoraSite<B>>>,
+    /// `…intermediate.dense.loras.NAME`, per layer.
+    pub intermediate: Vec<Option<LoraSite<B>>>,
+    /// `…output.dense.loras.NAME`, per layer.
+    pub output: Vec<Option<LoraSite<B>>>,
+}
+
+/// Checkpoint path and (in, out) widths of a projection.
+fn site_shape(model: &BertConfig, site: Projection) -> (&'static str, usize, usize) {
+    let (h, i) = (model.hidden_size, model.intermediate_size);
+    match site {
+        Projection::Query => ("attention.self.query", h, h),
+        Projection::Key => ("attention.self.key", h, h),
+        Projection::Value => ("attention.self.value", h, h),
+        Projection::AttentionOutput => ("attention.output.dense", h, h),
+        Projection::Intermediate => ("intermediate.dense", h, i),
+        Projection::Output => ("output.dense", i, h),
+    }
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// A new adapter for `model`.
+    pub fn new(config: &LoraConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
+        config.validate().map_err(AdapterError::Input)?;
+        Self::build(config, model, |_, _, d_in, d_out| {
+            Ok(LoraSite::new(config, d_in, d_out, device))
+        })
+    }
+
+    /// The adapter `name` read from an AdapterHub `adapter.safetensors`.
+    pub fn load(
+        config: &LoraConfig,
+        model: &BertConfig,
+        name: &str,
+        file: &mut TensorFile,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let root = model_prefix(model);
+        Self::build(config, model, |site, layer, d_in, d_out| {
+            let (path, _, _) = site_shape(model, site);
+            let prefix = format!("{root}.encoder.layer.{layer}.{path}.loras.{name}");
+            LoraSite::load(config, file, &prefix, d_in, d_out, device)
+        })
+    }
+
+    fn build(
+        config: &LoraConfig,
+        model: &BertConfig,
+        mut make: impl FnMut(Projection, usize, usize, usize) -> Result<LoraSite<B>>,
+    ) -> Result<Self> {
+        let mut per_site = |site: Projection| -> Result<Vec<Option<LoraSite<B>>>> {
+            let (_, d_in, d_out) = site_shape(model, site);
+            (0..model.num_hidden_layers)
+                .map(|layer| {
+                    config
+                        .placed_at(layer, site)
+                        .then(|| make(site, layer, d_in, d_out))
+                        .transpose()
+                })
+                .collect()
+        };
+        Ok(Self {
+            query: per_site(Projection::Query)?,
+            key: per_site(Projection::Key)?,
+            value: per_site(Projection::Value)?,
+            intermediate: per_site(Projection::Intermediate)?,
+            output: per_site(Projection::Output)?,
+        })
+    }
+
+    fn sites(&self, site: Projection) -> Option<&Vec<Option<LoraSite<B>>>> {
+        Some(match site {
+            Projection::Query => &self.query,
+            Projection::Key => &self.key,
+            Projection::Value => &self.value,
+            Projection::Intermediate => &self.intermediate,
+            Projection::Output => &self.output,
+            Projection::AttentionOutput => return None,
+        })
+    }
+
+    /// The update at projection `site` of `layer`, if any.
+    pub fn at(&self, layer: usize, site: Projection) -> Option<&LoraSite<B>> {
+        self.sites(site)?.get(layer).and_then(Option::as_ref)
+    }
+
+    /// Folds every update into `backbone`'s weights and returns the originals they replaced.
+    pub fn merge_into(&self, backbone: &mut Bert<B>) -> Result<Vec<SavedProjection>> {
+        // Check every site first, so a refused merge leaves the backbone untouched.
+        let gated = (0..backbone.num_layers()).any(|l| {
+            SITES
+                .iter()
+                .any(|&s| self.at(l, s).is_some_and(|u| u.gate.is_some()))
+        });
+        if gated {
+            return Err(AdapterError::Input(
+                "an adapter with a gate cannot be merged".into(),
+            ));
+        }
+        let mut saved = Vec::new();
+        for (layer, block) in backbone.encoder.layer.iter_mut().enumerate() {
+            for site in SITES {
+                if let Some(update) = self.at(layer, site) {
+                    let linear = projection_mut(block, site);
+                    saved.push(SavedProjection {
+                        layer,
+                        site,
+                        weight: linear.weight.val().into_data(),
+                        bias: linear.bias.as_ref().map(|b| b.val().into_data()),
+                    });
+                    update.merge(linear);
+                }
+            }
+        }
+        Ok(saved)
+    }
+
+    /// Puts back, bit for bit, the originals [`merge_into`](Self::merge_into) returned.
+    pub fn unmerge_from(backbone: &mut Bert<B>, saved: Vec<SavedProjection>) {
+        for original in saved {
+            let linear = projection_mut(&mut backbone.encoder.layer[original.layer], original.site);
+            let device = linear.weight.device();
+            linear.weight = Param::from_tensor(Tensor::from_data(original.weight, &device));
+            linear.bias = original
+                .bias
+                .map(|b| Param::from_tensor(Tensor::from_data(b, &device)));
+        }
+    }
+}
+
+fn projection_mut<B: Backend>(
+    layer: &mut sinew_backbone::model::Layer<B>,
+    site: Projection,
+) -> &mut Linear<B> {
+    match site {
+        Projection::Query => &mut layer.attention.self_attention.query,
+        Projection::Key => &mut layer.attention.self_attention.key,
+        Projection::Value => &mut layer.attention.self_attention.value,
+        Projection::AttentionOutput => &mut layer.attention.output.dense,
+        Projection::Intermediate => &mut layer.intermediate.dense,
+        Projection::Output => &mut layer.output.dense,
+    }
+}
