@@ -7,7 +7,7 @@ use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::adapter::{AdapterFolder, AdapterModel};
+use crate::adapter::AdapterModel;
 use crate::backbone::files::write_atomic_with;
 use crate::backbone::{Pretrained, TextTokenizer, TokenBatch};
 use crate::backend::BackendJob;
@@ -145,12 +145,7 @@ impl BackendJob for EncodeJob {
         let pretrained = Pretrained::<B>::load(&self.model, self.max_len, device)?;
         let mut model = AdapterModel::new(pretrained.model, pretrained.config);
         for dir in &self.adapters {
-            let folder = AdapterFolder::read(dir, model.config())?;
-            let adapter = folder.load_adapter::<B>(model.config(), device)?;
-            model.add_adapter(&folder.name, adapter)?;
-            if let Some(head) = folder.load_head::<B>(model.config(), device)? {
-                model.add_head(&folder.name, head)?;
-            }
+            model.load_adapter(dir, device)?;
         }
         let setup = match (&self.setup, model.adapter_names()) {
             (Some(name), _) => Some(name.clone()),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use burn::prelude::*;
 use common::{fixture_path, flat2, flat3, max_abs_diff, model_dir};
 use serde::Deserialize;
-use sinew::adapter::{AdapterFolder, AdapterModel};
+use sinew::adapter::AdapterModel;
 use sinew::backbone::Pretrained;
 
 #[derive(Deserialize)]
@@ -39,15 +39,7 @@ fn parity<B: Backend>() {
     let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
     assert!(outputs.cases.len() >= 9, "bottleneck, LoRA and IA3 cases");
     for (name, case) in &outputs.cases {
-        let folder = AdapterFolder::read(&dir.join(name), model.config()).unwrap();
-        assert_eq!(&folder.name, name);
-        let adapter = folder.load_adapter::<B>(model.config(), &device).unwrap();
-        let head = folder
-            .load_head::<B>(model.config(), &device)
-            .unwrap()
-            .expect("head");
-        model.add_adapter(name, adapter).unwrap();
-        model.add_head(name, head).unwrap();
+        assert_eq!(&model.load_adapter(&dir.join(name), &device).unwrap(), name);
         model.set_active(Some(name)).unwrap();
 
         let out = model.forward(&input).unwrap();
@@ -102,13 +94,7 @@ fn merge_roundtrip<B: Backend>() {
     };
     let before = weights(&model);
     for (name, tolerance) in [("lora", 1e-5), ("ia3", 5e-5)] {
-        let folder = AdapterFolder::read(&dir.join(name), model.config()).unwrap();
-        model
-            .add_adapter(
-                name,
-                folder.load_adapter::<B>(model.config(), &device).unwrap(),
-            )
-            .unwrap();
+        model.load_adapter(&dir.join(name), &device).unwrap();
         model.set_active(Some(name)).unwrap();
         let unmerged = model.forward(&input).unwrap().encoded.last_hidden_state;
         model.merge_adapter(name).unwrap();
@@ -152,4 +138,77 @@ fn adapterhub_folders_match_on_ndarray() {
 #[test]
 fn adapterhub_folders_match_on_flex() {
     parity::<sinew::backend::FlexBackend>();
+}
+
+/// sinew writes AdapterHub's layout: the folders it saves hold the same files, keys, shapes and
+/// values as the folders AdapterHub saved, and the same config fields.
+#[cfg(feature = "ndarray")]
+#[test]
+fn saved_folders_have_adapterhubs_layout() {
+    type B = sinew::backend::NdArrayBackend;
+    let device = Default::default();
+    let dir = fixture_path("adapters");
+    let outputs: Outputs =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    let out = tempfile::tempdir().unwrap();
+    for name in outputs.cases.keys() {
+        let original = dir.join(name);
+        model.load_adapter(&original, &device).unwrap();
+        let saved = out.path().join(name);
+        model.save_adapter(&saved, name, true).unwrap();
+        for file in ["adapter.safetensors", "model_head.safetensors"] {
+            let read = |p: &std::path::Path| std::fs::read(p.join(file)).unwrap();
+            let (a, b) = (read(&original), read(&saved));
+            let (a, b) = (
+                safetensors::SafeTensors::deserialize(&a).unwrap(),
+                safetensors::SafeTensors::deserialize(&b).unwrap(),
+            );
+            let mut keys_a = a.names();
+            let mut keys_b = b.names();
+            keys_a.sort();
+            keys_b.sort();
+            assert_eq!(keys_a, keys_b, "{name}/{file}: keys");
+            for key in keys_a {
+                let (x, y) = (a.tensor(key).unwrap(), b.tensor(key).unwrap());
+                assert_eq!(x.shape(), y.shape(), "{name}/{file}: {key} shape");
+                assert_eq!(x.data(), y.data(), "{name}/{file}: {key} values");
+            }
+        }
+        for file in ["adapter_config.json", "head_config.json"] {
+            let read = |p: &std::path::Path| -> serde_json::Value {
+                serde_json::from_str(&std::fs::read_to_string(p.join(file)).unwrap()).unwrap()
+            };
+            let (a, b) = (read(&original), read(&saved));
+            for key in ["name", "hidden_size", "model_type"] {
+                assert_eq!(a[key], b[key], "{name}/{file}: {key}");
+            }
+            for (key, value) in b["config"].as_object().unwrap() {
+                let theirs = &a["config"][key];
+                let same = same_json(theirs, value);
+                assert!(
+                    same,
+                    "{name}/{file}: config.{key} is {value}, AdapterHub wrote {theirs}"
+                );
+            }
+        }
+    }
+}
+
+/// JSON equality where numbers compare by value (AdapterHub writes `8`, sinew `8.0`).
+fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sinew_backbone::{BertConfig, SubLayer};
 
 use crate::activation::Activation;
-use crate::tensors::TensorFile;
+use crate::tensors::{TensorFile, TensorSink};
 
 /// `reduction_factor`: one number, or a map from layer index (and `"default"`) to a number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,6 +403,30 @@ impl<B: Backend> Bottleneck<B> {
         Ok(site)
     }
 
+    /// Writes the weights under `prefix` with AdapterHub's names.
+    pub fn save(&self, sink: &mut TensorSink, prefix: &str) {
+        let down = match &self.adapter_norm_before {
+            Some(norm) => {
+                // AdapterHub registers this LayerNorm twice: in the Sequential and by name.
+                sink.put_layer_norm(&format!("{prefix}.adapter_down.0"), norm);
+                sink.put_layer_norm(&format!("{prefix}.adapter_norm_before"), norm);
+                1
+            }
+            None => 0,
+        };
+        sink.put_linear(&format!("{prefix}.adapter_down.{down}"), &self.adapter_down);
+        sink.put_linear(&format!("{prefix}.adapter_up"), &self.adapter_up);
+        if let Some(norm) = &self.adapter_norm_after {
+            sink.put_layer_norm(&format!("{prefix}.adapter_norm_after"), norm);
+        }
+        if let Some(gate) = &self.gate {
+            sink.put_linear(&format!("{prefix}.gate"), gate);
+        }
+        if let Some(scaling) = &self.scaling {
+            sink.put(format!("{prefix}.scaling"), scaling.val());
+        }
+    }
+
     /// The adapter at a sub-layer end: `output` is the sub-layer's (dense + dropout), `residual`
     /// its input; all `[batch, seq, hidden]`.
     pub fn sublayer_end(
@@ -586,6 +610,24 @@ impl<B: Backend> BottleneckAdapter<B> {
             attention: per_site(SubLayer::Attention)?,
             output: per_site(SubLayer::FeedForward)?,
         })
+    }
+
+    /// Writes every bottleneck with AdapterHub's keys for adapter `name`.
+    pub fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
+        let root = model_prefix(model);
+        for (location, sites) in [
+            ("attention.output", &self.attention),
+            ("output", &self.output),
+        ] {
+            for (layer, site) in sites.iter().enumerate() {
+                if let Some(site) = site {
+                    site.save(
+                        sink,
+                        &format!("{root}.encoder.layer.{layer}.{location}.adapters.{name}"),
+                    );
+                }
+            }
+        }
     }
 
     /// The bottleneck at `site` of `layer`, if the adapter has one there.

@@ -12,7 +12,7 @@ use crate::bottleneck::{BnConfig, BottleneckAdapter};
 use crate::error::{AdapterError, Result};
 use crate::head::{ClassificationHead, HeadConfig};
 use crate::lora::{LoraAdapter, LoraConfig};
-use crate::tensors::TensorFile;
+use crate::tensors::{TensorFile, TensorSink};
 use crate::Adapter;
 
 /// AdapterHub keys sinew reads for bottleneck adapters, besides [`BnConfig`]'s own fields, that
@@ -47,6 +47,83 @@ pub enum MethodConfig {
     Bottleneck(BnConfig),
     /// `lora`: LoRA (`composition_mode` `add`) or IA3 (`scale`).
     Lora(LoraConfig),
+}
+
+impl MethodConfig {
+    /// The `config` object of `adapter_config.json`, as AdapterHub writes it.
+    pub fn to_json(&self) -> Value {
+        match self {
+            // AdapterHub marks bottleneck configs by the absence of `architecture`.
+            Self::Bottleneck(config) => serde_json::to_value(config).expect("serialisable"),
+            Self::Lora(config) => {
+                let mut json = serde_json::to_value(config).expect("serialisable");
+                json["architecture"] = "lora".into();
+                json
+            }
+        }
+    }
+
+    /// A new adapter of this method for `model`.
+    pub fn init<B: Backend>(&self, model: &BertConfig, device: &B::Device) -> Result<Adapter<B>> {
+        Ok(match self {
+            Self::Bottleneck(config) => {
+                Adapter::Bottleneck(BottleneckAdapter::new(config, model, device)?)
+            }
+            Self::Lora(config) => Adapter::Lora(LoraAdapter::new(config, model, device)?),
+        })
+    }
+}
+
+/// The JSON AdapterHub wraps around every config it saves.
+fn config_file(config: Value, model: &BertConfig, name: &str) -> Value {
+    serde_json::json!({
+        "config": config,
+        "hidden_size": model.hidden_size,
+        "model_class": "BertAdapterModel",
+        "model_name": model.model_type,
+        "model_type": model.model_type,
+        "name": name,
+        "version": concat!("sinew.", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+fn write_json(path: &Path, json: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(json).expect("serialisable");
+    sinew_backbone::files::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// Writes an adapter folder in AdapterHub's layout (`save_adapter(dir, name, with_head,
+/// use_safetensors=True)`); every file is written atomically.
+pub fn save_folder<B: Backend>(
+    dir: &Path,
+    model: &BertConfig,
+    name: &str,
+    (config, adapter): (&MethodConfig, &Adapter<B>),
+    head: Option<(&HeadConfig, &ClassificationHead<B>)>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+    let mut sink = TensorSink::default();
+    match adapter {
+        Adapter::Bottleneck(a) => a.save(model, name, &mut sink),
+        Adapter::Lora(a) => a.save(model, name, &mut sink),
+    }
+    sink.write(&dir.join("adapter.safetensors"))?;
+    write_json(
+        &dir.join("adapter_config.json"),
+        &config_file(config.to_json(), model, name),
+    )?;
+    if let Some((config, head)) = head {
+        let mut sink = TensorSink::default();
+        head.save(name, &mut sink);
+        sink.write(&dir.join("model_head.safetensors"))?;
+        let json = serde_json::to_value(config).expect("serialisable");
+        write_json(
+            &dir.join("head_config.json"),
+            &config_file(json, model, name),
+        )?;
+    }
+    Ok(())
 }
 
 /// What an adapter folder holds, parsed and checked against the backbone.

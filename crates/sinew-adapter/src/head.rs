@@ -11,7 +11,7 @@ use sinew_backbone::{BertConfig, EncoderOutput};
 
 use crate::activation::Activation;
 use crate::error::{AdapterError, Result};
-use crate::tensors::TensorFile;
+use crate::tensors::{TensorFile, TensorSink};
 
 fn yes() -> bool {
     true
@@ -129,6 +129,13 @@ impl<B: Backend> ClassificationHead<B> {
             activation: config.activation_function,
             use_pooler: config.use_pooler,
         })
+    }
+
+    /// Writes the layers as `heads.NAME.{1,4,…}`.
+    pub fn save(&self, name: &str, sink: &mut TensorSink) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            sink.put_linear(&format!("heads.{name}.{}", 3 * i + 1), layer);
+        }
     }
 
     /// Logits `[batch, labels]` from the encoder output.

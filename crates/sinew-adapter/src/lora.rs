@@ -15,7 +15,7 @@ use sinew_backbone::{Bert, BertConfig, Projection};
 
 use crate::bottleneck::model_prefix;
 use crate::error::{AdapterError, Result};
-use crate::tensors::TensorFile;
+use crate::tensors::{TensorFile, TensorSink};
 
 /// How the low-rank update is composed with the frozen projection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +263,17 @@ impl<B: Backend> LoraSite<B> {
         Ok(site)
     }
 
+    /// Writes `lora_A` `[r, in]`, `lora_B` `[out, r]` (and the gate) under `prefix`.
+    fn save(&self, sink: &mut TensorSink, prefix: &str) {
+        if let Some(a) = &self.lora_a {
+            sink.put(format!("{prefix}.lora_A"), a.val().transpose());
+        }
+        sink.put(format!("{prefix}.lora_B"), self.lora_b.val().transpose());
+        if let Some(gate) = &self.gate {
+            sink.put_linear(&format!("{prefix}.gate"), gate);
+        }
+    }
+
     /// The projection's output `y = linear(x)` with the update applied; `[batch, seq, ·]`.
     pub fn apply(&self, x: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
         let factor = |t: Tensor<B, 3>| match &self.gate {
@@ -409,6 +420,22 @@ impl<B: Backend> LoraAdapter<B> {
             Projection::Output => &self.output,
             Projection::AttentionOutput => return None,
         })
+    }
+
+    /// Writes every update with AdapterHub's keys for adapter `name`.
+    pub fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
+        let root = model_prefix(model);
+        for site in SITES {
+            let (path, _, _) = site_shape(model, site);
+            for (layer, update) in self.sites(site).into_iter().flatten().enumerate() {
+                if let Some(update) = update {
+                    update.save(
+                        sink,
+                        &format!("{root}.encoder.layer.{layer}.{path}.loras.{name}"),
+                    );
+                }
+            }
+        }
     }
 
     /// The update at projection `site` of `layer`, if any.

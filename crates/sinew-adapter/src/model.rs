@@ -8,8 +8,11 @@ use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput, Hooks, Projection, SubLayer};
 
+use std::path::Path;
+
 use crate::error::{AdapterError, Result};
-use crate::head::ClassificationHead;
+use crate::folder::{save_folder, AdapterFolder, MethodConfig};
+use crate::head::{ClassificationHead, HeadConfig};
 use crate::Adapter;
 
 /// The backbone with named adapters and heads.
@@ -26,7 +29,11 @@ pub struct AdapterModel<B: Backend> {
     #[module(skip)]
     adapter_names: Vec<String>,
     #[module(skip)]
+    adapter_configs: Vec<MethodConfig>,
+    #[module(skip)]
     head_names: Vec<String>,
+    #[module(skip)]
+    head_configs: Vec<HeadConfig>,
     #[module(skip)]
     active: Option<String>,
     /// The merged adapter and the backbone projections its merge replaced.
@@ -52,7 +59,9 @@ impl<B: Backend> AdapterModel<B> {
             heads: Vec::new(),
             config,
             adapter_names: Vec::new(),
+            adapter_configs: Vec::new(),
             head_names: Vec::new(),
+            head_configs: Vec::new(),
             active: None,
             merged: None,
         }
@@ -63,28 +72,87 @@ impl<B: Backend> AdapterModel<B> {
         &self.config
     }
 
-    /// Adds adapter `name`; a name may be used once.
-    pub fn add_adapter(&mut self, name: &str, adapter: Adapter<B>) -> Result<()> {
+    /// Adds a new adapter `name` of method `config` (freshly initialised).
+    pub fn add_adapter(
+        &mut self,
+        name: &str,
+        config: MethodConfig,
+        device: &B::Device,
+    ) -> Result<()> {
+        let adapter = config.init(&self.config, device)?;
+        self.insert_adapter(name, config, adapter)
+    }
+
+    /// Adds head `name`, used when adapter `name` is active.
+    pub fn add_head(&mut self, name: &str, config: HeadConfig, device: &B::Device) -> Result<()> {
+        let head = ClassificationHead::new(&config, &self.config, device)?;
+        self.insert_head(name, config, head)
+    }
+
+    /// Loads an adapter folder (AdapterHub's layout), with its head if it has one; returns the
+    /// adapter's name.
+    pub fn load_adapter(&mut self, dir: &Path, device: &B::Device) -> Result<String> {
+        let folder = AdapterFolder::read(dir, &self.config)?;
+        let adapter = folder.load_adapter::<B>(&self.config, device)?;
+        let head = folder.load_head::<B>(&self.config, device)?;
+        self.insert_adapter(&folder.name, folder.config.clone(), adapter)?;
+        if let (Some(config), Some(head)) = (folder.head, head) {
+            self.insert_head(&folder.name, config, head)?;
+        }
+        Ok(folder.name)
+    }
+
+    /// Saves adapter `name` (and its head, with `with_head`) in AdapterHub's layout.
+    pub fn save_adapter(&self, dir: &Path, name: &str, with_head: bool) -> Result<()> {
+        let index = self.adapter_index(name)?;
+        let head = Self::index_of(&self.head_names, name)
+            .filter(|_| with_head)
+            .map(|i| (&self.head_configs[i], &self.heads[i]));
+        let adapter = (&self.adapter_configs[index], &self.adapters[index]);
+        save_folder(dir, &self.config, name, adapter, head)
+    }
+
+    fn insert_adapter(
+        &mut self,
+        name: &str,
+        config: MethodConfig,
+        adapter: Adapter<B>,
+    ) -> Result<()> {
         if self.adapter_names.iter().any(|n| n == name) {
             return Err(AdapterError::Input(format!(
                 "an adapter named `{name}` already exists"
             )));
         }
         self.adapter_names.push(name.to_string());
+        self.adapter_configs.push(config);
         self.adapters.push(adapter);
         Ok(())
     }
 
-    /// Adds head `name` (used when adapter `name` is active).
-    pub fn add_head(&mut self, name: &str, head: ClassificationHead<B>) -> Result<()> {
+    fn insert_head(
+        &mut self,
+        name: &str,
+        config: HeadConfig,
+        head: ClassificationHead<B>,
+    ) -> Result<()> {
         if self.head_names.iter().any(|n| n == name) {
             return Err(AdapterError::Input(format!(
                 "a head named `{name}` already exists"
             )));
         }
         self.head_names.push(name.to_string());
+        self.head_configs.push(config);
         self.heads.push(head);
         Ok(())
+    }
+
+    fn adapter_index(&self, name: &str) -> Result<usize> {
+        Self::index_of(&self.adapter_names, name).ok_or_else(|| {
+            AdapterError::Input(format!(
+                "unknown adapter `{name}` (loaded: {})",
+                self.adapter_names.join(", ")
+            ))
+        })
     }
 
     /// Names of the adapters, in the order added.
@@ -95,12 +163,7 @@ impl<B: Backend> AdapterModel<B> {
     /// Makes adapter `name` the active setup (`None`: the bare backbone).
     pub fn set_active(&mut self, name: Option<&str>) -> Result<()> {
         if let Some(name) = name {
-            if !self.adapter_names.iter().any(|n| n == name) {
-                return Err(AdapterError::Input(format!(
-                    "unknown adapter `{name}` (loaded: {})",
-                    self.adapter_names.join(", ")
-                )));
-            }
+            self.adapter_index(name)?;
         }
         self.active = name.map(str::to_string);
         Ok(())
@@ -114,8 +177,7 @@ impl<B: Backend> AdapterModel<B> {
                 "adapter `{merged}` is already merged"
             )));
         }
-        let index = Self::index_of(&self.adapter_names, name)
-            .ok_or_else(|| AdapterError::Input(format!("unknown adapter `{name}`")))?;
+        let index = self.adapter_index(name)?;
         let Adapter::Lora(lora) = &self.adapters[index] else {
             return Err(AdapterError::Input(format!(
                 "only LoRA/IA3 adapters can be merged; `{name}` is not one"

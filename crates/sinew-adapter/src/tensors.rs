@@ -155,3 +155,60 @@ impl TensorFile {
         Ok(norm)
     }
 }
+
+/// Tensors gathered under checkpoint keys, then written as one `.safetensors` file.
+#[derive(Debug, Default)]
+pub struct TensorSink {
+    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+}
+
+impl TensorSink {
+    /// Adds `tensor` under `key`, as f32 in its own shape.
+    pub fn put<B: Backend, const D: usize>(&mut self, key: String, tensor: Tensor<B, D>) {
+        let shape = tensor.dims().to_vec();
+        let values = tensor
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("converted to f32");
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensors.push((key, shape, bytes));
+    }
+
+    /// Adds a Burn `Linear` as PyTorch stores it: `{prefix}.weight` `[out, in]`, `{prefix}.bias`.
+    pub fn put_linear<B: Backend>(&mut self, prefix: &str, linear: &Linear<B>) {
+        self.put(format!("{prefix}.weight"), linear.weight.val().transpose());
+        if let Some(bias) = &linear.bias {
+            self.put(format!("{prefix}.bias"), bias.val());
+        }
+    }
+
+    /// Adds a Burn `LayerNorm` as PyTorch names it: `{prefix}.weight`, `{prefix}.bias`.
+    pub fn put_layer_norm<B: Backend>(&mut self, prefix: &str, norm: &LayerNorm<B>) {
+        self.put(format!("{prefix}.weight"), norm.gamma.val());
+        if let Some(beta) = &norm.beta {
+            self.put(format!("{prefix}.bias"), beta.val());
+        }
+    }
+
+    /// Writes the file atomically.
+    pub fn write(self, path: &Path) -> Result<()> {
+        let views = self
+            .tensors
+            .iter()
+            .map(|(key, shape, bytes)| {
+                let view = safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    shape.clone(),
+                    bytes,
+                )
+                .map_err(|e| AdapterError::file(path, format!("tensor `{key}`: {e}")))?;
+                Ok((key.clone(), view))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = safetensors::serialize(views, None)
+            .map_err(|e| AdapterError::file(path, e.to_string()))?;
+        sinew_backbone::files::write_atomic(path, &bytes)?;
+        Ok(())
+    }
+}
