@@ -20,6 +20,22 @@ from adapters import AutoAdapterModel, BnConfig, DoubleSeqBnConfig, IA3Config, L
 from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
+LABELS = [0, 2, 1, 2]
+# Gradients of cross-entropy on LABELS (AdapterHub's head loss, mean over the batch), after
+# train_adapter, with dropout off: a few tensors per case, from the lowest layer (the gradient
+# crosses the whole frozen backbone) to the head.
+GRADS = {
+    "seq_bn": [
+        "bert.encoder.layer.0.output.adapters.seq_bn.adapter_down.0.weight",
+        "bert.encoder.layer.5.output.adapters.seq_bn.adapter_up.bias",
+        "heads.seq_bn.4.weight",
+    ],
+    "lora": [
+        "bert.encoder.layer.0.attention.self.query.loras.lora.lora_A",
+        "bert.encoder.layer.5.attention.self.value.loras.lora.lora_B",
+    ],
+    "ia3": ["bert.encoder.layer.0.intermediate.dense.loras.ia3.lora_B"],
+}
 OUT = ROOT / "tests" / "fixtures" / "adapters"
 
 TEXTS = [
@@ -104,8 +120,20 @@ def main():
             "last_hidden_state": [[[round(v, 7) for v in row] for row in seq] for seq in out.hidden_states[-1].tolist()],
             "logits": [[round(v, 7) for v in row] for row in out.logits.tolist()],
         }
+        if case in GRADS:
+            model.train_adapter(case)
+            model.eval()  # train_adapter switches dropout on
+            loss = model(**enc, labels=torch.tensor(LABELS)).loss
+            loss.backward()
+            params = dict(model.named_parameters())
+            outputs["cases"][case]["loss"] = loss.item()
+            outputs["cases"][case]["grads"] = {
+                key: {"shape": list(params[key].grad.shape), "values": [round(v, 9) for v in params[key].grad.flatten().tolist()]}
+                for key in GRADS[case]
+            }
         print(case, sorted(p.name for p in (OUT / case).iterdir()))
     outputs["input_ids"] = enc["input_ids"].tolist()
+    outputs["labels"] = LABELS
     (OUT / "outputs.json").write_text(json.dumps(outputs, separators=(",", ":")))
     print("wrote", OUT)
 

@@ -4,6 +4,7 @@
 //! sub-layer end where the active adapter has a bottleneck, the bottleneck decides residual and
 //! LayerNorm; everywhere else the plain transformer runs.
 
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput, Hooks, Projection, SubLayer};
@@ -169,6 +170,38 @@ impl<B: Backend> AdapterModel<B> {
         Ok(())
     }
 
+    /// Trains adapter `name` and its head only: the backbone, every other adapter and head are
+    /// frozen, so autodiff computes no gradient for them. Also makes `name` the active adapter.
+    pub fn train_adapter(&mut self, name: &str) -> Result<()> {
+        self.adapter_index(name)?;
+        self.backbone = set_trainable(self.backbone.clone(), false);
+        let adapters = std::mem::take(&mut self.adapters);
+        self.adapters = adapters
+            .into_iter()
+            .zip(&self.adapter_names)
+            .map(|(adapter, n)| set_trainable(adapter, n == name))
+            .collect();
+        let heads = std::mem::take(&mut self.heads);
+        self.heads = heads
+            .into_iter()
+            .zip(&self.head_names)
+            .map(|(head, n)| set_trainable(head, n == name))
+            .collect();
+        self.set_active(Some(name))
+    }
+
+    /// Parameters that would be trained now, and all parameters.
+    pub fn param_counts(&self) -> (usize, usize) {
+        let mut counter = ParamCounter::default();
+        self.visit(&mut counter);
+        (counter.trainable, counter.total)
+    }
+
+    /// Parameters of adapter `name` (without its head).
+    pub fn adapter_params(&self, name: &str) -> Result<usize> {
+        Ok(self.adapters[self.adapter_index(name)?].num_params())
+    }
+
     /// Folds LoRA/IA3 adapter `name` into the backbone's weights: it then costs nothing at
     /// inference. One adapter at a time; [`unmerge_adapter`](Self::unmerge_adapter) undoes it exactly.
     pub fn merge_adapter(&mut self, name: &str) -> Result<()> {
@@ -260,6 +293,36 @@ impl<B: Backend> Hooks<B> for ActiveAdapter<'_, B> {
                 None => layer_norm.forward(output + residual),
             },
             Adapter::Lora(_) => layer_norm.forward(output + residual),
+        }
+    }
+}
+
+/// Sets whether every parameter of a module is trained.
+struct RequireGrad(bool);
+
+impl<B: Backend> ModuleMapper<B> for RequireGrad {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(self.0)
+    }
+}
+
+fn set_trainable<B: Backend, M: Module<B>>(module: M, trainable: bool) -> M {
+    module.map(&mut RequireGrad(trainable))
+}
+
+/// Counts parameters, and those that require a gradient.
+#[derive(Default)]
+struct ParamCounter {
+    trainable: usize,
+    total: usize,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamCounter {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let n = param.shape().num_elements();
+        self.total += n;
+        if param.val().is_require_grad() {
+            self.trainable += n;
         }
     }
 }
