@@ -4,7 +4,8 @@
 //! - [`backbone`]: the BERT-family encoder, HF loading, tokenizer, hook points;
 //! - [`adapter`], [`fusion`], [`trainer`]: adapter methods, composition, training;
 //! - [`backend`]: the Burn backends compiled in and how the CLI picks one;
-//! - [`encode`]: the `sinew encode` job.
+//! - [`encode`]: the `sinew encode` job;
+//! - [`inspect`]: `sinew inspect`, a summary of an adapter folder.
 
 pub use sinew_adapter as adapter;
 pub use sinew_backbone as backbone;
@@ -13,3 +14,4 @@ pub use sinew_trainer as trainer;
 
 pub mod backend;
 pub mod encode;
+pub mod inspect;

@@ -23,6 +23,11 @@ struct Cli {
 enum Command {
     /// Download and verify the default model (all-MiniLM-L6-v2) into $SINEW_HOME; prints its folder.
     Fetch,
+    /// Print what an adapter folder holds: method, config, parameter counts, head.
+    Inspect {
+        /// The adapter folder (AdapterHub layout).
+        dir: PathBuf,
+    },
     /// Encode one text per line into token ids, hidden states and mean-pooled embeddings (JSON).
     Encode {
         /// HF model folder (config.json, model.safetensors, tokenizer.json); default: all-MiniLM-L6-v2, fetched if missing.
@@ -73,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = assets::fetch_default_model()?;
             println!("{}", dir.display());
         }
+        Command::Inspect { dir } => print!("{}", sinew::inspect::describe(&dir)?),
         Command::Encode {
             model,
             input,

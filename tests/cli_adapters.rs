@@ -193,3 +193,30 @@ fn unknown_config_field_is_a_warning() {
         "{stderr}"
     );
 }
+
+#[test]
+fn inspect_reports_method_and_parameter_counts() {
+    let out = sinew(&[
+        "inspect",
+        fixture_path("adapters").join("seq_bn").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // 6 layers of down (384→24) and up (24→384) projections with biases.
+    let adapter = 6 * (384 * 24 + 24 + 24 * 384 + 384);
+    // Two head layers: 384→384 and 384→3.
+    let head = 384 * 384 + 384 + 384 * 3 + 3;
+    assert!(
+        text.contains("method   bottleneck (sequential, after FFN, reduction 16.0, relu)"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("params   {adapter} ")), "{text}");
+    assert!(
+        text.contains(&format!("head     classification, 3 labels [\"negative\", \"neutral\", \"positive\"], 2 layers, {head} params")),
+        "{text}"
+    );
+}

@@ -148,10 +148,12 @@ fn read_json(path: &Path) -> Result<Map<String, Value>> {
     }
 }
 
-/// The `config` object and `name` of an AdapterHub config file, with its `hidden_size` checked.
-fn config_object(path: &Path, model: &BertConfig) -> Result<(Map<String, Value>, String)> {
+/// The `config` object and `name` of an AdapterHub config file, with its `hidden_size` checked
+/// against `model` when given.
+fn config_object(path: &Path, model: Option<&BertConfig>) -> Result<(Map<String, Value>, String)> {
     let mut json = read_json(path)?;
-    if let Some(hidden) = json.get("hidden_size").and_then(Value::as_u64) {
+    let hidden = json.get("hidden_size").and_then(Value::as_u64);
+    if let (Some(hidden), Some(model)) = (hidden, model) {
         if hidden as usize != model.hidden_size {
             return Err(AdapterError::file(
                 path,
@@ -175,6 +177,15 @@ fn config_object(path: &Path, model: &BertConfig) -> Result<(Map<String, Value>,
 impl AdapterFolder {
     /// Reads and checks `dir/adapter_config.json` (and `head_config.json`, if present).
     pub fn read(dir: &Path, model: &BertConfig) -> Result<Self> {
+        Self::read_with(dir, Some(model))
+    }
+
+    /// Reads `dir` without a backbone to check it against (for `sinew inspect`).
+    pub fn read_unchecked(dir: &Path) -> Result<Self> {
+        Self::read_with(dir, None)
+    }
+
+    fn read_with(dir: &Path, model: Option<&BertConfig>) -> Result<Self> {
         let path = dir.join("adapter_config.json");
         let (raw, name) = config_object(&path, model)?;
         let architecture = raw
@@ -186,10 +197,12 @@ impl AdapterFolder {
                 BnConfig::check_supported(&raw).map_err(|m| AdapterError::file(&path, m))?;
                 let config: BnConfig = serde_json::from_value(Value::Object(raw.clone()))
                     .map_err(|e| AdapterError::file(&path, format!("config: {e}")))?;
-                for layer in (0..model.num_hidden_layers).filter(|&l| !config.leave_out.contains(&l)) {
-                    config
-                        .width(model.hidden_size, layer)
-                        .map_err(|m| AdapterError::file(&path, m))?;
+                if let Some(model) = model {
+                    for layer in (0..model.num_hidden_layers).filter(|l| !config.leave_out.contains(l)) {
+                        config
+                            .width(model.hidden_size, layer)
+                            .map_err(|m| AdapterError::file(&path, m))?;
+                    }
                 }
                 warn_unknown(&path, &raw, &config, &BN_ACCEPTED);
                 MethodConfig::Bottleneck(config)

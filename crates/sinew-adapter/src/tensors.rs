@@ -79,6 +79,11 @@ impl TensorFile {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// Number of values in the tensors not yet taken.
+    pub fn num_values(&self) -> usize {
+        self.tensors.values().map(|t| t.values.len()).sum()
+    }
+
     /// Whether `key` is present (and not yet taken).
     pub fn contains(&self, key: &str) -> bool {
         self.tensors.contains_key(key)
