@@ -126,9 +126,42 @@ pub fn save_folder<B: Backend>(
     Ok(())
 }
 
+/// Whose layout a folder has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderFormat {
+    /// AdapterHub's `save_adapter`: `adapter_config.json`, `adapter.safetensors`, head files.
+    AdapterHub,
+    /// PEFT's `save_pretrained` for LoRA: `adapter_config.json`, `adapter_model.safetensors`.
+    Peft,
+}
+
+/// Writes LoRA adapter `name` as a PEFT folder (`save_pretrained`'s layout).
+pub fn save_peft_folder<B: Backend>(
+    dir: &Path,
+    model: &BertConfig,
+    name: &str,
+    config: &MethodConfig,
+    adapter: &Adapter<B>,
+) -> Result<()> {
+    let (MethodConfig::Lora(config), Adapter::Lora(adapter)) = (config, adapter) else {
+        return Err(AdapterError::Input(format!(
+            "`{name}` is not a LoRA adapter; PEFT folders hold LoRA only"
+        )));
+    };
+    let json = crate::peft::config_to_peft(config, model).map_err(AdapterError::Input)?;
+    std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+    let mut sink = TensorSink::default();
+    adapter.save(model, name, &mut sink);
+    sink.rename_keys(|k| crate::peft::key_to_peft(k, model, name).unwrap_or_else(|| k.to_string()));
+    sink.write(&dir.join("adapter_model.safetensors"))?;
+    write_json(&dir.join("adapter_config.json"), &json)
+}
+
 /// What an adapter folder holds, parsed and checked against the backbone.
 #[derive(Debug, Clone)]
 pub struct AdapterFolder {
+    /// Whose layout the folder has.
+    pub format: FolderFormat,
     /// The folder.
     pub dir: PathBuf,
     /// The adapter's name (`name` in `adapter_config.json`).
@@ -187,6 +220,24 @@ impl AdapterFolder {
 
     fn read_with(dir: &Path, model: Option<&BertConfig>) -> Result<Self> {
         let path = dir.join("adapter_config.json");
+        let json = read_json(&path)?;
+        if crate::peft::is_peft(&json) {
+            let layers = model.map(|m| m.num_hidden_layers);
+            let config = crate::peft::config_from_peft(&json, layers)
+                .map_err(|m| AdapterError::file(&path, m))?;
+            // PEFT folders carry no adapter name: the folder's name is used.
+            let name = dir.file_name().map_or_else(
+                || "default".to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            return Ok(Self {
+                format: FolderFormat::Peft,
+                dir: dir.to_path_buf(),
+                name,
+                config: MethodConfig::Lora(config),
+                head: None,
+            });
+        }
         let (raw, name) = config_object(&path, model)?;
         let architecture = raw
             .get("architecture")
@@ -232,6 +283,7 @@ impl AdapterFolder {
             None
         };
         Ok(Self {
+            format: FolderFormat::AdapterHub,
             dir: dir.to_path_buf(),
             name,
             config,
@@ -245,8 +297,14 @@ impl AdapterFolder {
         model: &BertConfig,
         device: &B::Device,
     ) -> Result<Adapter<B>> {
-        let path = self.dir.join("adapter.safetensors");
-        let mut file = TensorFile::read(&path)?;
+        let mut file = match self.format {
+            FolderFormat::AdapterHub => TensorFile::read(&self.dir.join("adapter.safetensors"))?,
+            FolderFormat::Peft => {
+                let mut file = TensorFile::read(&self.dir.join("adapter_model.safetensors"))?;
+                file.rename_keys(|k| crate::peft::key_from_peft(k, model, &self.name))?;
+                file
+            }
+        };
         let adapter = match &self.config {
             MethodConfig::Bottleneck(config) => Adapter::Bottleneck(BottleneckAdapter::load(
                 config, model, &self.name, &mut file, device,

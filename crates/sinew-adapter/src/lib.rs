@@ -4,7 +4,7 @@
 //! - [`bottleneck`]: `seq_bn`, `double_seq_bn`, `par_bn`, `scaled_par_bn` with AdapterHub's knobs;
 //! - [`lora`]: LoRA and IA3 (AdapterHub's `lora` architecture), merge and unmerge;
 //! - [`head`]: classification heads in AdapterHub's layout;
-//! - [`folder`]: reading folders written by AdapterHub's `save_adapter`;
+//! - [`folder`]: reading and writing AdapterHub's `save_adapter` folders (and PEFT's, via [`peft`]);
 //! - [`model`]: backbone + named adapters + heads, and the hooks of the active adapter.
 //!
 //! # Adding a method
@@ -19,12 +19,13 @@ pub mod folder;
 pub mod head;
 pub mod lora;
 pub mod model;
+pub mod peft;
 pub mod tensors;
 
 use burn::prelude::*;
 
 pub use error::{AdapterError, Result};
-pub use folder::{AdapterFolder, MethodConfig};
+pub use folder::{AdapterFolder, FolderFormat, MethodConfig};
 pub use head::{ClassificationHead, HeadConfig};
 pub use model::{AdapterModel, AdapterOutput};
 

@@ -12,7 +12,7 @@ use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput, Hooks, Proje
 use std::path::Path;
 
 use crate::error::{AdapterError, Result};
-use crate::folder::{save_folder, AdapterFolder, MethodConfig};
+use crate::folder::{save_folder, save_peft_folder, AdapterFolder, MethodConfig};
 use crate::head::{ClassificationHead, HeadConfig};
 use crate::Adapter;
 
@@ -111,6 +111,18 @@ impl<B: Backend> AdapterModel<B> {
             .map(|i| (&self.head_configs[i], &self.heads[i]));
         let adapter = (&self.adapter_configs[index], &self.adapters[index]);
         save_folder(dir, &self.config, name, adapter, head)
+    }
+
+    /// Saves LoRA adapter `name` as a PEFT folder (`adapter_config.json`, `adapter_model.safetensors`).
+    pub fn save_peft(&self, dir: &Path, name: &str) -> Result<()> {
+        let index = self.adapter_index(name)?;
+        save_peft_folder(
+            dir,
+            &self.config,
+            name,
+            &self.adapter_configs[index],
+            &self.adapters[index],
+        )
     }
 
     fn insert_adapter(

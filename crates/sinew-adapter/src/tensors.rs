@@ -79,6 +79,17 @@ impl TensorFile {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// Renames every key with `rename`; a key it returns `None` for is an error naming it.
+    pub fn rename_keys(&mut self, rename: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let old = std::mem::take(&mut self.tensors);
+        for (key, tensor) in old {
+            let new =
+                rename(&key).ok_or_else(|| self.error(format!("unexpected tensor `{key}`")))?;
+            self.tensors.insert(new, tensor);
+        }
+        Ok(())
+    }
+
     /// Number of values in the tensors not yet taken.
     pub fn num_values(&self) -> usize {
         self.tensors.values().map(|t| t.values.len()).sum()
@@ -193,6 +204,13 @@ impl TensorSink {
         self.put(format!("{prefix}.weight"), norm.gamma.val());
         if let Some(beta) = &norm.beta {
             self.put(format!("{prefix}.bias"), beta.val());
+        }
+    }
+
+    /// Renames every key with `rename`.
+    pub fn rename_keys(&mut self, rename: impl Fn(&str) -> String) {
+        for (key, _, _) in &mut self.tensors {
+            *key = rename(key);
         }
     }
 
