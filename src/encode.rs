@@ -23,9 +23,12 @@ pub struct Encoded {
     pub last_hidden_state: Vec<Vec<Vec<f32>>>,
     /// `[batch][hidden]`, mean over real tokens.
     pub mean_pooled: Vec<Vec<f32>>,
-    /// `[batch][labels]`, when the active adapter has a head.
+    /// `[batch][labels]`, when the active adapter has a text-level head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logits: Option<Vec<Vec<f32>>>,
+    /// `[batch][token][labels]`, when the active adapter has a tagging head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_logits: Option<Vec<Vec<Vec<f32>>>>,
 }
 
 /// Reads one text per line; blank lines are skipped with a warning, and a file with no text is
@@ -80,6 +83,7 @@ pub fn encode_texts<B: Backend>(
         last_hidden_state: Vec::with_capacity(texts.len()),
         mean_pooled: Vec::with_capacity(texts.len()),
         logits: None,
+        token_logits: None,
     };
     for start in (0..texts.len()).step_by(batch_size) {
         let end = (start + batch_size).min(texts.len());
@@ -96,6 +100,15 @@ pub fn encode_texts<B: Backend>(
             out.logits
                 .get_or_insert_with(Vec::new)
                 .extend(values.chunks(labels).map(<[f32]>::to_vec));
+        }
+        if let Some(logits) = output.token_logits {
+            let [_, seq, labels] = logits.dims();
+            let values = logits.into_data().to_vec::<f32>()?;
+            out.token_logits.get_or_insert_with(Vec::new).extend(
+                values
+                    .chunks(seq * labels)
+                    .map(|text| text.chunks(labels).map(<[f32]>::to_vec).collect()),
+            );
         }
         let output = output.encoded;
         let [batch, seq, hidden] = output.last_hidden_state.dims();

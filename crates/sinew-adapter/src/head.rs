@@ -1,11 +1,18 @@
 //! Prediction heads in AdapterHub's layout: `heads.NAME.{1,4,…}` Linear layers of a Sequential
-//! `[Dropout, Linear, Activation]* Dropout, Linear`, read from the first token's hidden state (or
-//! the pooler output with `use_pooler`).
+//! `[Dropout, Linear, Activation]* Dropout, Linear`.
+//!
+//! | `head_type` | reads | loss |
+//! |---|---|---|
+//! | `classification` | first token (or pooler) | cross-entropy; MSE regression when `num_labels` = 1 |
+//! | `multilabel_classification` | first token (or pooler) | binary cross-entropy on logits |
+//! | `tagging` | every token | cross-entropy over real tokens (label < 0 is ignored) |
 
 use std::collections::BTreeMap;
 
+use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 use sinew_backbone::{BertConfig, EncoderOutput};
 
@@ -26,11 +33,11 @@ fn tanh() -> Activation {
 /// The `config` object of AdapterHub's `head_config.json` for a classification head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadConfig {
-    /// `classification` (others come later).
+    /// `classification`, `multilabel_classification` or `tagging`.
     pub head_type: String,
     /// Number of classes.
     pub num_labels: usize,
-    /// Linear layers in the head.
+    /// Linear layers in the head (AdapterHub: 2, or 1 for tagging).
     #[serde(default = "two")]
     pub layers: usize,
     /// Activation between the layers.
@@ -63,7 +70,58 @@ impl HeadConfig {
     }
 }
 
-/// A classification head.
+/// What a head predicts, by `head_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadKind {
+    /// One class per text (`classification`, `num_labels` > 1).
+    Classification,
+    /// One value per text (`classification` with `num_labels` = 1).
+    Regression,
+    /// Any number of classes per text (`multilabel_classification`).
+    MultiLabel,
+    /// One class per token (`tagging`).
+    Tagging,
+}
+
+impl HeadKind {
+    fn of(config: &HeadConfig) -> Result<Self> {
+        Ok(match config.head_type.as_str() {
+            "classification" if config.num_labels == 1 => Self::Regression,
+            "classification" => Self::Classification,
+            "multilabel_classification" => Self::MultiLabel,
+            "tagging" => Self::Tagging,
+            other => {
+                return Err(AdapterError::Input(format!(
+                    "head_type `{other}` is not supported (classification, multilabel_classification, tagging)"
+                )))
+            }
+        })
+    }
+}
+
+/// A head's output.
+#[derive(Debug, Clone)]
+pub enum HeadLogits<B: Backend> {
+    /// `[batch, labels]` for text-level heads.
+    Text(Tensor<B, 2>),
+    /// `[batch, seq, labels]` for tagging.
+    Tokens(Tensor<B, 3>),
+}
+
+/// Gold answers for a head's loss.
+#[derive(Debug, Clone)]
+pub enum Targets<B: Backend> {
+    /// Class index per text, `[batch]`.
+    Classes(Tensor<B, 1, Int>),
+    /// Value per text, `[batch]` (regression).
+    Values(Tensor<B, 1>),
+    /// 0/1 per text and label, `[batch, labels]` (multi-label).
+    MultiHot(Tensor<B, 2>),
+    /// Class index per token, `[batch, seq]`; negative for tokens to ignore (padding).
+    Tags(Tensor<B, 2, Int>),
+}
+
+/// A prediction head (the name follows AdapterHub's most common head).
 #[derive(Module, Debug)]
 pub struct ClassificationHead<B: Backend> {
     /// The Linear layers, in order (`heads.NAME.1`, `.4`, …).
@@ -73,6 +131,8 @@ pub struct ClassificationHead<B: Backend> {
     activation: Activation,
     #[module(skip)]
     use_pooler: bool,
+    #[module(skip)]
+    kind: HeadKind,
 }
 
 impl<B: Backend> ClassificationHead<B> {
@@ -103,12 +163,7 @@ impl<B: Backend> ClassificationHead<B> {
         model: &BertConfig,
         mut make: impl FnMut(usize, usize, usize, bool) -> Result<Linear<B>>,
     ) -> Result<Self> {
-        if config.head_type != "classification" {
-            return Err(AdapterError::Input(format!(
-                "head_type `{}` is not supported yet (only `classification`)",
-                config.head_type
-            )));
-        }
+        let kind = HeadKind::of(config)?;
         if config.num_labels == 0 || config.layers == 0 {
             return Err(AdapterError::Input(
                 "a head needs num_labels ≥ 1 and layers ≥ 1".into(),
@@ -128,6 +183,7 @@ impl<B: Backend> ClassificationHead<B> {
             dropout: DropoutConfig::new(dropout).init(),
             activation: config.activation_function,
             use_pooler: config.use_pooler,
+            kind,
         })
     }
 
@@ -138,9 +194,19 @@ impl<B: Backend> ClassificationHead<B> {
         }
     }
 
-    /// Logits `[batch, labels]` from the encoder output.
-    pub fn forward(&self, encoded: &EncoderOutput<B>) -> Result<Tensor<B, 2>> {
-        let mut x = if self.use_pooler {
+    /// What the head predicts.
+    pub fn kind(&self) -> HeadKind {
+        self.kind
+    }
+
+    /// Logits from the encoder output.
+    pub fn forward(&self, encoded: &EncoderOutput<B>) -> Result<HeadLogits<B>> {
+        if self.kind == HeadKind::Tagging {
+            return Ok(HeadLogits::Tokens(
+                self.layers(encoded.last_hidden_state.clone()),
+            ));
+        }
+        let x = if self.use_pooler {
             encoded.pooler_output.clone().ok_or_else(|| {
                 AdapterError::Input("the head reads the pooler, but the model has none".into())
             })?
@@ -152,6 +218,10 @@ impl<B: Backend> ClassificationHead<B> {
                 .slice([0..batch, 0..1])
                 .reshape([batch, hidden])
         };
+        Ok(HeadLogits::Text(self.layers(x)))
+    }
+
+    fn layers<const D: usize>(&self, mut x: Tensor<B, D>) -> Tensor<B, D> {
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(self.dropout.forward(x));
@@ -159,6 +229,141 @@ impl<B: Backend> ClassificationHead<B> {
                 x = self.activation.forward(x);
             }
         }
-        Ok(x)
+        x
+    }
+
+    /// The head's loss (mean over texts, or over the real tokens for tagging); the targets must be
+    /// of the head's kind.
+    pub fn loss(&self, logits: HeadLogits<B>, targets: Targets<B>) -> Result<Tensor<B, 1>> {
+        match (self.kind, logits, targets) {
+            (HeadKind::Classification, HeadLogits::Text(l), Targets::Classes(t)) => {
+                Ok(CrossEntropyLossConfig::new()
+                    .init(&l.device())
+                    .forward(l, t))
+            }
+            (HeadKind::Regression, HeadLogits::Text(l), Targets::Values(t)) => {
+                let [batch, _] = l.dims();
+                Ok((l.reshape([batch]) - t).powi_scalar(2).mean())
+            }
+            (HeadKind::MultiLabel, HeadLogits::Text(l), Targets::MultiHot(t)) => {
+                // log(1 + e^x) − t·x, written to stay finite for large |x|.
+                let softplus = l.clone().clamp_min(0.0) + (l.clone().abs().neg().exp() + 1.0).log();
+                Ok((softplus - t * l).mean())
+            }
+            (HeadKind::Tagging, HeadLogits::Tokens(l), Targets::Tags(t)) => {
+                let [batch, seq, labels] = l.dims();
+                let t = t.reshape([batch * seq]);
+                let keep = t.clone().greater_equal_elem(0).float();
+                let t = t.clamp_min(0);
+                let log_probs = log_softmax(l.reshape([batch * seq, labels]), 1);
+                let picked = log_probs
+                    .gather(1, t.unsqueeze_dim(1))
+                    .reshape([batch * seq]);
+                Ok((picked * keep.clone()).sum().neg() / keep.sum().clamp_min(1.0))
+            }
+            (kind, _, _) => Err(AdapterError::Input(format!(
+                "targets do not fit a {kind:?} head"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray;
+
+    fn head(head_type: &str, num_labels: usize) -> ClassificationHead<B> {
+        let model = BertConfig::from_json(
+            r#"{"vocab_size":10,"hidden_size":2,"num_hidden_layers":1,"num_attention_heads":1,
+            "intermediate_size":4,"max_position_embeddings":8,"hidden_dropout_prob":0.0}"#,
+        )
+        .unwrap();
+        let config: HeadConfig = serde_json::from_value(serde_json::json!({
+            "head_type": head_type, "num_labels": num_labels, "layers": 1}))
+        .unwrap();
+        ClassificationHead::new(&config, &model, &Default::default()).unwrap()
+    }
+
+    fn value(t: Tensor<B, 1>) -> f64 {
+        f64::from(t.into_scalar())
+    }
+
+    /// Each loss against its closed form on hand-picked logits.
+    #[test]
+    fn losses_match_closed_forms() {
+        let d = Default::default();
+        // Cross-entropy: −log softmax(l)[t], mean over texts.
+        let l = Tensor::<B, 2>::from_floats([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]], &d);
+        let ce =
+            |row: [f64; 3], t: usize| -(row[t] - row.iter().map(|v| v.exp()).sum::<f64>().ln());
+        let want = (ce([1.0, 2.0, 0.5], 1) + ce([0.0, 0.0, 3.0], 0)) / 2.0;
+        let t = Targets::Classes(Tensor::from_ints([1, 0], &d));
+        let got = value(
+            head("classification", 3)
+                .loss(HeadLogits::Text(l), t)
+                .unwrap(),
+        );
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+
+        // Regression: mean squared error.
+        let l = Tensor::<B, 2>::from_floats([[1.5], [-1.0]], &d);
+        let t = Targets::Values(Tensor::from_floats([1.0, 1.0], &d));
+        let got = value(
+            head("classification", 1)
+                .loss(HeadLogits::Text(l), t)
+                .unwrap(),
+        );
+        assert!((got - (0.25 + 4.0) / 2.0).abs() < 1e-6, "{got}");
+
+        // Multi-label: mean of −[t·log σ(x) + (1−t)·log(1−σ(x))], with one large logit.
+        let xs = [2.0f64, -1.0, 12.0, -0.5];
+        let ts = [1.0f64, 0.0, 0.0, 1.0];
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let want = xs
+            .iter()
+            .zip(ts)
+            .map(|(&x, t)| -(t * sig(x).ln() + (1.0 - t) * (1.0 - sig(x)).ln()))
+            .sum::<f64>()
+            / 4.0;
+        let l = Tensor::<B, 2>::from_floats([[2.0, -1.0], [12.0, -0.5]], &d);
+        let t = Targets::MultiHot(Tensor::from_floats([[1.0, 0.0], [0.0, 1.0]], &d));
+        let got = value(
+            head("multilabel_classification", 2)
+                .loss(HeadLogits::Text(l), t)
+                .unwrap(),
+        );
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+
+        // Tagging: cross-entropy over the tokens whose label is not negative.
+        let l = Tensor::<B, 3>::from_floats([[[1.0, 0.0], [0.0, 2.0], [5.0, 5.0]]], &d);
+        let ce2 =
+            |row: [f64; 2], t: usize| -(row[t] - row.iter().map(|v| v.exp()).sum::<f64>().ln());
+        let want = (ce2([1.0, 0.0], 0) + ce2([0.0, 2.0], 0)) / 2.0;
+        let t = Targets::Tags(Tensor::from_ints([[0, 0, -100]], &d));
+        let got = value(head("tagging", 2).loss(HeadLogits::Tokens(l), t).unwrap());
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn mismatched_targets_and_unknown_types_are_errors() {
+        let d = Default::default();
+        let l = Tensor::<B, 2>::from_floats([[1.0, 2.0]], &d);
+        let t = Targets::Values(Tensor::from_floats([1.0], &d));
+        assert!(head("classification", 2)
+            .loss(HeadLogits::Text(l), t)
+            .is_err());
+        let model = BertConfig::from_json(
+            r#"{"vocab_size":10,"hidden_size":2,"num_hidden_layers":1,"num_attention_heads":1,
+            "intermediate_size":4,"max_position_embeddings":8}"#,
+        )
+        .unwrap();
+        let config: HeadConfig =
+            serde_json::from_value(serde_json::json!({"head_type": "qa", "num_labels": 2}))
+                .unwrap();
+        let err = ClassificationHead::<B>::new(&config, &model, &d).unwrap_err();
+        assert!(err.to_string().contains("head_type `qa`"), "{err}");
     }
 }

@@ -26,7 +26,7 @@ use burn::prelude::*;
 
 pub use error::{AdapterError, Result};
 pub use folder::{AdapterFolder, FolderFormat, MethodConfig};
-pub use head::{ClassificationHead, HeadConfig};
+pub use head::{ClassificationHead, HeadConfig, HeadKind, HeadLogits, Targets};
 pub use model::{AdapterModel, AdapterOutput};
 
 /// An adapter of any method, across the whole model.

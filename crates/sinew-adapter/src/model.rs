@@ -13,7 +13,7 @@ use std::path::Path;
 
 use crate::error::{AdapterError, Result};
 use crate::folder::{save_folder, save_peft_folder, AdapterFolder, MethodConfig};
-use crate::head::{ClassificationHead, HeadConfig};
+use crate::head::{ClassificationHead, HeadConfig, HeadLogits};
 use crate::Adapter;
 
 /// The backbone with named adapters and heads.
@@ -47,8 +47,10 @@ pub struct AdapterModel<B: Backend> {
 pub struct AdapterOutput<B: Backend> {
     /// The encoder's output.
     pub encoded: EncoderOutput<B>,
-    /// Logits `[batch, labels]` of the active adapter's head, if it has one.
+    /// Logits `[batch, labels]` of the active adapter's head, if it has a text-level head.
     pub logits: Option<Tensor<B, 2>>,
+    /// Logits `[batch, seq, labels]` of the active adapter's head, if it is a tagging head.
+    pub token_logits: Option<Tensor<B, 3>>,
 }
 
 impl<B: Backend> AdapterModel<B> {
@@ -259,11 +261,18 @@ impl<B: Backend> AdapterModel<B> {
                 .forward_with(input, &mut ActiveAdapter { adapter }),
             None => self.backbone.forward(input),
         };
-        let logits = match active.and_then(|n| Self::index_of(&self.head_names, n)) {
-            Some(i) => Some(self.heads[i].forward(&encoded)?),
-            None => None,
-        };
-        Ok(AdapterOutput { encoded, logits })
+        let head = active.and_then(|n| Self::index_of(&self.head_names, n));
+        let (logits, token_logits) =
+            match head.map(|i| self.heads[i].forward(&encoded)).transpose()? {
+                Some(HeadLogits::Text(l)) => (Some(l), None),
+                Some(HeadLogits::Tokens(l)) => (None, Some(l)),
+                None => (None, None),
+            };
+        Ok(AdapterOutput {
+            encoded,
+            logits,
+            token_logits,
+        })
     }
 }
 
