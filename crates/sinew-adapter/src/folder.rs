@@ -291,6 +291,17 @@ impl AdapterFolder {
         })
     }
 
+    /// `{stem}.safetensors`, or AdapterHub's default `pytorch_{stem}.bin` when only that exists.
+    fn weights_file(&self, stem: &str) -> PathBuf {
+        let safetensors = self.dir.join(format!("{stem}.safetensors"));
+        let bin = self.dir.join(format!("pytorch_{stem}.bin"));
+        if !safetensors.exists() && bin.exists() {
+            bin
+        } else {
+            safetensors
+        }
+    }
+
     /// Loads the adapter's weights (`adapter.safetensors`); every tensor must be used.
     pub fn load_adapter<B: Backend>(
         &self,
@@ -298,7 +309,7 @@ impl AdapterFolder {
         device: &B::Device,
     ) -> Result<Adapter<B>> {
         let mut file = match self.format {
-            FolderFormat::AdapterHub => TensorFile::read(&self.dir.join("adapter.safetensors"))?,
+            FolderFormat::AdapterHub => TensorFile::read(&self.weights_file("adapter"))?,
             FolderFormat::Peft => {
                 let mut file = TensorFile::read(&self.dir.join("adapter_model.safetensors"))?;
                 file.rename_keys(|k| crate::peft::key_from_peft(k, model, &self.name))?;
@@ -326,7 +337,7 @@ impl AdapterFolder {
         let Some(config) = &self.head else {
             return Ok(None);
         };
-        let mut file = TensorFile::read(&self.dir.join("model_head.safetensors"))?;
+        let mut file = TensorFile::read(&self.weights_file("model_head"))?;
         let head = ClassificationHead::load(config, model, &self.name, &mut file, device)?;
         reject_leftovers(&file)?;
         Ok(Some(head))

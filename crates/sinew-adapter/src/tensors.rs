@@ -30,8 +30,41 @@ pub struct TensorFile {
 }
 
 impl TensorFile {
-    /// Reads a `.safetensors` file (f32, f16 or bf16 tensors, converted to f32).
+    /// Reads a checkpoint: `.safetensors`, or PyTorch's `.bin`/`.pt` (through burn-store's reader).
     pub fn read(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("bin") | Some("pt") | Some("pth") => Self::read_pytorch(path),
+            _ => Self::read_safetensors(path),
+        }
+    }
+
+    /// Reads a PyTorch pickle checkpoint (tensors converted to f32).
+    pub fn read_pytorch(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(AdapterError::file(path, "not found"));
+        }
+        let reader = burn_store::pytorch::PytorchReader::new(path)
+            .map_err(|e| AdapterError::file(path, format!("not a readable PyTorch file ({e})")))?;
+        let mut tensors = BTreeMap::new();
+        for (name, snapshot) in reader.into_tensors() {
+            let data = snapshot
+                .to_data()
+                .map_err(|e| AdapterError::file(path, format!("tensor `{name}`: {e}")))?;
+            let shape = data.shape.to_vec();
+            let values = data
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| AdapterError::file(path, format!("tensor `{name}`: {e:?}")))?;
+            tensors.insert(name, RawTensor { shape, values });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    /// Reads a `.safetensors` file (f32, f16 or bf16 tensors, converted to f32).
+    pub fn read_safetensors(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| AdapterError::io(path, e))?;
         let file = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::File {
             path: path.to_path_buf(),
@@ -72,6 +105,11 @@ impl TensorFile {
     /// The file this came from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The tensor `key`, if present and not yet taken.
+    pub fn get(&self, key: &str) -> Option<&RawTensor> {
+        self.tensors.get(key)
     }
 
     /// Keys not yet taken.
