@@ -4,19 +4,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{fixture_path, flat2, flat3, max_abs_diff, model_dir};
+use common::{error_line, fixture_path, flat2, flat3, max_abs_diff, model_dir, sinew};
 use serde_json::Value;
 use sinew::encode::Encoded;
-
-fn sinew(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sinew"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run sinew")
-}
 
 fn outputs() -> Value {
     let path = fixture_path("adapters").join("outputs.json");
@@ -41,14 +33,6 @@ fn encode(dir: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     sinew(&args)
-}
-
-fn error_line(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected, got: {stderr}");
-    errors[0].to_string()
 }
 
 #[test]

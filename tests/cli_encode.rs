@@ -3,32 +3,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{backbone_cases, flat2, flat3, max_abs_diff, model_dir};
+use common::{backbone_cases, error_line, flat2, flat3, max_abs_diff, model_dir, sinew};
 use sinew::encode::Encoded;
-
-fn sinew(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sinew"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run sinew")
-}
 
 fn write_lines(dir: &Path, name: &str, texts: &[String]) -> String {
     let path = dir.join(name);
     std::fs::write(&path, texts.join("\n") + "\n").unwrap();
     path.to_string_lossy().into_owned()
-}
-
-/// The only line the error printed, checked to be a single line.
-fn error_line(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected, got: {stderr}");
-    errors[0].to_string()
 }
 
 #[test]

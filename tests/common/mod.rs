@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -68,4 +69,22 @@ pub fn flat2(v: &[Vec<f32>]) -> Vec<f32> {
 
 pub fn flat3(v: &[Vec<Vec<f32>>]) -> Vec<f32> {
     v.iter().flatten().flatten().copied().collect()
+}
+
+/// Runs the `sinew` binary with warnings (not info) on stderr.
+pub fn sinew(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run sinew")
+}
+
+/// The only `error:` line a failed run printed, checked to be a single line.
+pub fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected, got: {stderr}");
+    errors[0].to_string()
 }
