@@ -216,3 +216,43 @@ fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
         _ => a == b,
     }
 }
+
+/// sinew's presets are AdapterHub's: the configs AdapterHub wrote for its presets parse to them.
+#[test]
+fn presets_equal_adapterhubs() {
+    use sinew::adapter::bottleneck::{BnConfig, ReductionFactor};
+    use sinew::adapter::lora::LoraConfig;
+    use sinew::adapter::{AdapterFolder, MethodConfig};
+    let read = |name: &str| {
+        AdapterFolder::read_unchecked(&fixture_path("adapters").join(name))
+            .unwrap()
+            .config
+    };
+    // The par_bn fixtures were saved with reduction_factor 16 instead of the preset's 2.
+    let reduced = |c: BnConfig| BnConfig {
+        reduction_factor: ReductionFactor::Uniform(16.0),
+        ..c
+    };
+    assert_eq!(read("seq_bn"), MethodConfig::Bottleneck(BnConfig::seq_bn()));
+    assert_eq!(
+        read("double_seq_bn"),
+        MethodConfig::Bottleneck(BnConfig::double_seq_bn())
+    );
+    assert_eq!(
+        read("par_bn"),
+        MethodConfig::Bottleneck(reduced(BnConfig::par_bn()))
+    );
+    assert_eq!(
+        read("scaled_par_bn"),
+        MethodConfig::Bottleneck(reduced(BnConfig::scaled_par_bn()))
+    );
+    assert_eq!(read("ia3"), MethodConfig::Lora(LoraConfig::ia3()));
+    // The lora fixture used alpha 16 instead of the preset's 8.
+    assert_eq!(
+        read("lora"),
+        MethodConfig::Lora(LoraConfig {
+            alpha: 16.0,
+            ..LoraConfig::lora()
+        })
+    );
+}

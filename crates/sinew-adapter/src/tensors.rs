@@ -133,11 +133,6 @@ impl TensorFile {
         self.tensors.values().map(|t| t.values.len()).sum()
     }
 
-    /// Whether `key` is present (and not yet taken).
-    pub fn contains(&self, key: &str) -> bool {
-        self.tensors.contains_key(key)
-    }
-
     fn error(&self, message: String) -> AdapterError {
         AdapterError::File {
             path: self.path.clone(),
