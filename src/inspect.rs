@@ -9,7 +9,8 @@ use crate::adapter::{AdapterFolder, MethodConfig};
 /// A human-readable summary of an adapter folder: method, config, parameter counts, head.
 pub fn describe(dir: &Path) -> anyhow::Result<String> {
     let folder = AdapterFolder::read_unchecked(dir)?;
-    let weights = TensorFile::read(&dir.join("adapter.safetensors"))?;
+    let weights_file = folder.weights_file("adapter");
+    let weights = TensorFile::read(&weights_file)?;
     let mut out = String::new();
     let method = match &folder.config {
         MethodConfig::Bottleneck(c) => format!(
@@ -44,13 +45,36 @@ pub fn describe(dir: &Path) -> anyhow::Result<String> {
             if c.intermediate_lora { ", FFN in" } else { "" },
             if c.output_lora { ", FFN out" } else { "" },
         ),
+        MethodConfig::Prefix(c) => format!(
+            "prefix tuning (length {}, {}{})",
+            c.prefix_length,
+            if c.flat {
+                "flat".to_string()
+            } else {
+                format!(
+                    "MLP width {} {}",
+                    c.bottleneck_size,
+                    String::from(c.non_linearity)
+                )
+            },
+            if c.use_gating { ", gated" } else { "" },
+        ),
+        MethodConfig::Prompt(c) => format!(
+            "prompt tuning (length {}, {})",
+            c.prompt_length,
+            serde_json::to_string(&c.combine)?
+        ),
     };
     writeln!(out, "adapter  {} ({})", folder.name, dir.display())?;
     writeln!(out, "method   {method}")?;
     writeln!(
         out,
-        "params   {} (adapter.safetensors)",
-        weights.num_values()
+        "params   {} ({})",
+        weights.num_values(),
+        weights_file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
     )?;
     writeln!(
         out,
@@ -59,7 +83,7 @@ pub fn describe(dir: &Path) -> anyhow::Result<String> {
     )?;
     match &folder.head {
         Some(head) => {
-            let file = TensorFile::read(&dir.join("model_head.safetensors"))?;
+            let file = TensorFile::read(&folder.weights_file("model_head"))?;
             writeln!(
                 out,
                 "head     {}, {} labels {:?}, {} layers, {} params",

@@ -1,4 +1,4 @@
-//! Adapter folders (bottleneck, LoRA, IA3) saved by the real AdapterHub library (random non-zero weights; written by
+//! Adapter folders (bottleneck, LoRA, IA3, prefix and prompt tuning; every head type) saved by the real AdapterHub library (random non-zero weights; written by
 //! tools/reference/make_adapter_fixtures.py) give AdapterHub's hidden states and logits.
 
 mod common;
@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use common::{fixture_path, flat2, flat3, max_abs_diff, model_dir};
+use common::{fixture_path, flat3, max_abs_diff, model_dir};
 use serde::Deserialize;
 use sinew::adapter::tensors::TensorFile;
 use sinew::adapter::AdapterModel;
@@ -15,7 +15,16 @@ use sinew::backbone::Pretrained;
 #[derive(Deserialize)]
 struct Case {
     last_hidden_state: Vec<Vec<Vec<f32>>>,
-    logits: Vec<Vec<f32>>,
+    /// `[batch][labels]`, or `[batch][seq][labels]` for a tagging head.
+    logits: serde_json::Value,
+}
+
+/// The numbers of a nested JSON array, in order.
+fn flatten_json(value: &serde_json::Value) -> Vec<f32> {
+    match value {
+        serde_json::Value::Array(items) => items.iter().flat_map(flatten_json).collect(),
+        v => vec![v.as_f64().expect("a number") as f32],
+    }
 }
 
 #[derive(Deserialize)]
@@ -39,8 +48,8 @@ fn parity<B: Backend>() {
 
     let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
     assert!(
-        outputs.cases.len() >= 10,
-        "bottleneck (one from .bin), LoRA and IA3 cases"
+        outputs.cases.len() >= 16,
+        "bottleneck (one from .bin), LoRA, IA3, prefix, prompt and head cases"
     );
     for (name, case) in &outputs.cases {
         assert_eq!(&model.load_adapter(&dir.join(name), &device).unwrap(), name);
@@ -54,23 +63,57 @@ fn parity<B: Backend>() {
             .to_vec::<f32>()
             .unwrap();
         let want = flat3(&case.last_hidden_state);
+        // A prompt lengthens the sequence, which is a change in itself.
         assert!(
-            max_abs_diff(&plain, &want) > 1e-2,
+            plain.len() != want.len() || max_abs_diff(&plain, &want) > 1e-2,
             "{name}: the adapter must change the hidden states for this test to mean anything"
         );
         let diff = max_abs_diff(&hidden, &want);
         eprintln!("{name}: last_hidden_state max |diff| {diff:.2e}");
         assert!(diff <= 1e-4, "{name}: last_hidden_state differs by {diff}");
-        let logits = out
-            .logits
-            .expect("head")
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let diff = max_abs_diff(&logits, &flat2(&case.logits));
+        let logits = match (out.logits, out.token_logits) {
+            (Some(l), None) => l.into_data(),
+            (None, Some(l)) => l.into_data(),
+            _ => panic!("{name}: one head"),
+        };
+        let logits = logits.to_vec::<f32>().unwrap();
+        let diff = max_abs_diff(&logits, &flatten_json(&case.logits));
         eprintln!("{name}: logits max |diff| {diff:.2e}");
         assert!(diff <= 1e-4, "{name}: logits differ by {diff}");
     }
+}
+
+/// An ejected prefix (static prefixes instead of the MLP) still gives AdapterHub's outputs, and
+/// is saved and read back as a `flat` prefix.
+#[cfg(feature = "ndarray")]
+#[test]
+fn ejected_prefix_matches_adapterhub() {
+    type B = sinew::backend::NdArrayBackend;
+    let device = Default::default();
+    let dir = fixture_path("adapters");
+    let outputs: Outputs =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let input = pretrained
+        .tokenizer
+        .encode(&outputs.texts)
+        .unwrap()
+        .to_input::<B>(&device);
+    let want = flat3(&outputs.cases["prefix"].last_hidden_state);
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    model.load_adapter(&dir.join("prefix"), &device).unwrap();
+    model.eject_prefix("prefix").unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    model.save_adapter(saved.path(), "prefix", true).unwrap();
+    let mut reloaded = AdapterModel::new(model.backbone.clone(), pretrained.config.clone());
+    reloaded.load_adapter(saved.path(), &device).unwrap();
+    for (what, m) in [("ejected", &mut model), ("reloaded", &mut reloaded)] {
+        m.set_active(Some("prefix")).unwrap();
+        let hidden = m.forward(&input).unwrap().encoded.last_hidden_state;
+        let diff = max_abs_diff(&hidden.into_data().to_vec::<f32>().unwrap(), &want);
+        assert!(diff <= 1e-4, "{what} prefix differs by {diff}");
+    }
+    assert!(model.eject_prefix("missing").is_err());
 }
 
 /// Merged LoRA gives the unmerged outputs to 1e-5 (IA3 to 5e-5: its merge rescales every weight,
@@ -222,6 +265,8 @@ fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 fn presets_equal_adapterhubs() {
     use sinew::adapter::bottleneck::{BnConfig, ReductionFactor};
     use sinew::adapter::lora::LoraConfig;
+    use sinew::adapter::prefix::PrefixTuningConfig;
+    use sinew::adapter::prompt::PromptTuningConfig;
     use sinew::adapter::{AdapterFolder, MethodConfig};
     let read = |name: &str| {
         AdapterFolder::read_unchecked(&fixture_path("adapters").join(name))
@@ -247,6 +292,21 @@ fn presets_equal_adapterhubs() {
         MethodConfig::Bottleneck(reduced(BnConfig::scaled_par_bn()))
     );
     assert_eq!(read("ia3"), MethodConfig::Lora(LoraConfig::ia3()));
+    assert_eq!(
+        read("prefix"),
+        MethodConfig::Prefix(PrefixTuningConfig {
+            prefix_length: 5,
+            bottleneck_size: 32,
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        read("prompt"),
+        MethodConfig::Prompt(PromptTuningConfig {
+            prompt_length: 4,
+            ..Default::default()
+        })
+    );
     // The lora fixture used alpha 16 instead of the preset's 8.
     assert_eq!(
         read("lora"),

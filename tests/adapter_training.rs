@@ -13,6 +13,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use common::{fixture_path, max_abs_diff, model_dir};
 use serde::Deserialize;
+use sinew::adapter::prefix::PrefixSource;
 use sinew::adapter::{Adapter, AdapterModel};
 use sinew::backbone::Pretrained;
 use sinew::backend::NdArrayBackend;
@@ -115,7 +116,7 @@ fn grad_of<const D: usize>(
 #[test]
 fn gradients_match_adapterhub() {
     let out = outputs();
-    for name in ["seq_bn", "lora", "ia3"] {
+    for name in ["seq_bn", "lora", "ia3", "prefix", "prompt"] {
         let case = &out.cases[name];
         let (model, input, labels) = setup(&[name], name);
         let loss = loss(&model, &input, &labels);
@@ -157,6 +158,16 @@ fn gradients_match_adapterhub() {
                 (Adapter::Lora(a), k) if k.contains("intermediate") => {
                     grad_of(&a.intermediate[0].as_ref().unwrap().lora_b, &grads, true)
                 }
+                (Adapter::Prefix(a), k) => match (&a.source, k) {
+                    (PrefixSource::Mlp(mlp), k) if k.ends_with("wte.weight") => {
+                        grad_of(&mlp.wte, &grads, false)
+                    }
+                    (PrefixSource::Mlp(mlp), k) if k.ends_with("control_trans.2.bias") => {
+                        grad_of(mlp.up.bias.as_ref().unwrap(), &grads, false)
+                    }
+                    _ => panic!("{name}: no mapping for {key}"),
+                },
+                (Adapter::Prompt(a), _) => grad_of(&a.prompt_embedding, &grads, false),
                 _ => panic!("{name}: no mapping for {key}"),
             };
             assert_eq!(

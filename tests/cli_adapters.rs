@@ -71,6 +71,41 @@ fn encode_with_adapterhub_folders_gives_their_outputs() {
     }
 }
 
+/// Prefix tuning (from AdapterHub's .bin), prompt tuning (a longer output sequence) and a tagging
+/// head (`token_logits`) through the CLI.
+#[test]
+fn encode_with_prefix_prompt_and_tagging_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["prefix", "prompt_after_bos", "tagging_head"] {
+        let folder = fixture_path("adapters").join(name);
+        let out = encode(dir.path(), &["--adapter", folder.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Encoded =
+            serde_json::from_slice(&std::fs::read(dir.path().join("out.json")).unwrap()).unwrap();
+        let case = &outputs()["cases"][name];
+        let want: Vec<Vec<Vec<f32>>> =
+            serde_json::from_value(case["last_hidden_state"].clone()).unwrap();
+        let diff = max_abs_diff(&flat3(&got.last_hidden_state), &flat3(&want));
+        assert!(diff <= 1e-4, "{name}: hidden states differ by {diff}");
+        let (got, want) = if name == "tagging_head" {
+            let want: Vec<Vec<Vec<f32>>> = serde_json::from_value(case["logits"].clone()).unwrap();
+            (
+                flat3(&got.token_logits.expect("token_logits")),
+                flat3(&want),
+            )
+        } else {
+            let want: Vec<Vec<f32>> = serde_json::from_value(case["logits"].clone()).unwrap();
+            (flat2(&got.logits.expect("logits")), flat2(&want))
+        };
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff <= 1e-4, "{name}: logits differ by {diff}");
+    }
+}
+
 #[test]
 fn several_adapters_need_a_setup_and_a_known_name() {
     let dir = tempfile::tempdir().unwrap();

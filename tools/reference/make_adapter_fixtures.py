@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 
 import torch
-from adapters import AutoAdapterModel, BnConfig, DoubleSeqBnConfig, IA3Config, LoRAConfig, ParBnConfig, SeqBnConfig
+from adapters import (
+    AutoAdapterModel, BnConfig, DoubleSeqBnConfig, IA3Config, LoRAConfig, ParBnConfig, PrefixTuningConfig,
+    PromptTuningConfig, SeqBnConfig,
+)
 from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +38,11 @@ GRADS = {
         "bert.encoder.layer.5.attention.self.value.loras.lora.lora_B",
     ],
     "ia3": ["bert.encoder.layer.0.intermediate.dense.loras.ia3.lora_B"],
+    "prefix": [
+        "bert.prefix_tuning.prefix_tunings.prefix.self_prefix.wte.weight",
+        "bert.prefix_tuning.prefix_tunings.prefix.self_prefix.control_trans.2.bias",
+    ],
+    "prompt": ["bert.prompt_tuning.prompt_tunings.prompt.prompt_embedding.weight"],
 }
 OUT = ROOT / "tests" / "fixtures" / "adapters"
 
@@ -76,8 +84,37 @@ CASES = {
         mh_adapter=False, output_adapter=True, reduction_factor=16, non_linearity="relu",
         ln_before=True, original_ln_before=True,
     ),
+    # Prefix tuning shares one prefix module across the layers, so AdapterHub saves it only as .bin.
+    "prefix": PrefixTuningConfig(prefix_length=5, bottleneck_size=32),
+    "prefix_flat_gated": PrefixTuningConfig(
+        prefix_length=4, flat=True, use_gating=True, shared_gating=False, leave_out=[1],
+    ),
+    "prompt": PromptTuningConfig(prompt_length=4),
+    "prompt_after_bos": PromptTuningConfig(prompt_length=3, combine="prefix_after_bos"),
+    # The other head types, on adapters tested above.
+    "multilabel_head": SeqBnConfig(reduction_factor=32),
+    "tagging_head": LoRAConfig(r=2, alpha=4),
 }
-PYTORCH_BIN = {"seq_ln_before_bin"}
+PYTORCH_BIN = {"seq_ln_before_bin", "prefix", "prefix_flat_gated"}
+LABEL_NAMES = {0: "negative", 1: "neutral", 2: "positive"}
+# Parameters that the per-site loop below does not reach: prefixes, their gates, prompts.
+SHARED = ("prefix_tunings.{}.", "prefix_gates.{}.", "prompt_tunings.{}.")
+
+
+def add_head(model, case):
+    if case == "multilabel_head":
+        model.add_classification_head(case, num_labels=3, layers=1, id2label=LABEL_NAMES, multilabel=True)
+    elif case == "tagging_head":
+        model.add_tagging_head(case, num_labels=3, layers=1, id2label=LABEL_NAMES)
+    else:
+        layers = 2 if case == "seq_bn" else 1  # one 2-layer head is enough; they are 0.6 MB each
+        model.add_classification_head(case, num_labels=3, layers=layers, id2label=LABEL_NAMES)
+
+
+def rounded(values, digits=7):
+    if isinstance(values, list):
+        return [rounded(v, digits) for v in values]
+    return round(values, digits)
 
 
 def randomize(module, generator, around_one=False):
@@ -104,10 +141,7 @@ def main():
     for i, (case, config) in enumerate(CASES.items()):
         model = AutoAdapterModel.from_pretrained(model_dir, attn_implementation="eager")
         model.add_adapter(case, config=config)
-        layers = 2 if case == "seq_bn" else 1  # one 2-layer head is enough; they are 0.6 MB each
-        model.add_classification_head(
-            case, num_labels=3, layers=layers, id2label={0: "negative", 1: "neutral", 2: "positive"}
-        )
+        add_head(model, case)
         generator = torch.Generator().manual_seed(1000 + i)
         for layer in model.bert.encoder.layer:
             for site in (layer.attention.output, layer.output):
@@ -117,6 +151,10 @@ def main():
             for proj in (attn.query, attn.key, attn.value, layer.intermediate.dense, layer.output.dense):
                 if hasattr(proj, "loras") and case in proj.loras:
                     randomize(proj.loras[case], generator, around_one=case.startswith("ia3"))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if any(key.format(case) in name for key in SHARED):
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
         randomize(model.heads[case], generator)
         model.set_active_adapters(case)
         model.eval()
@@ -124,15 +162,15 @@ def main():
             out = model(**enc, output_hidden_states=True)
         model.save_adapter(str(OUT / case), case, with_head=True, use_safetensors=case not in PYTORCH_BIN)
         outputs["cases"][case] = {
-            "last_hidden_state": [[[round(v, 7) for v in row] for row in seq] for seq in out.hidden_states[-1].tolist()],
-            "logits": [[round(v, 7) for v in row] for row in out.logits.tolist()],
+            "last_hidden_state": rounded(out.hidden_states[-1].tolist()),
+            "logits": rounded(out.logits.tolist()),
         }
         if case in GRADS:
             model.train_adapter(case)
             model.eval()  # train_adapter switches dropout on
             loss = model(**enc, labels=torch.tensor(LABELS)).loss
             loss.backward()
-            params = dict(model.named_parameters())
+            params = dict(model.named_parameters(remove_duplicate=False))
             outputs["cases"][case]["loss"] = loss.item()
             outputs["cases"][case]["grads"] = {
                 key: {"shape": list(params[key].grad.shape), "values": [round(v, 9) for v in params[key].grad.flatten().tolist()]}

@@ -14,9 +14,10 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::{BertConfig, SubLayer};
+use sinew_backbone::{BertConfig, Hooks, SubLayer};
 
 use crate::activation::Activation;
+use crate::method::{Method, MethodSpec};
 use crate::tensors::{TensorFile, TensorSink};
 
 /// `reduction_factor`: one number, or a map from layer index (and `"default"`) to a number.
@@ -211,24 +212,6 @@ impl BnConfig {
         }
     }
 
-    /// Rejects the AdapterHub options sinew does not implement, naming the key.
-    pub fn check_supported(raw: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
-        let off = |key: &str, default: serde_json::Value| {
-            raw.get(key).is_some_and(|v| !v.is_null() && *v != default)
-        };
-        for (key, default) in [
-            ("phm_layer", serde_json::Value::Bool(false)),
-            ("cross_adapter", serde_json::Value::Bool(false)),
-            ("inv_adapter", serde_json::Value::Null),
-            ("stochastic_depth", serde_json::json!(0.0)),
-        ] {
-            if off(key, default) {
-                return Err(format!("`{key}` = {} is not supported", raw[key]));
-            }
-        }
-        Ok(())
-    }
-
     /// Whether a new bottleneck goes at `site` of `layer`.
     pub fn placed_at(&self, layer: usize, site: SubLayer) -> bool {
         !self.leave_out.contains(&layer)
@@ -245,6 +228,61 @@ impl BnConfig {
             return Err(format!("reduction_factor {factor} must be positive"));
         }
         Ok(((hidden as f64 / factor).floor() as usize).max(1))
+    }
+}
+
+impl MethodSpec for BnConfig {
+    const ARCHITECTURE: &'static str = "bottleneck";
+    /// Compacter (phm), invertible and cross adapters: accepted at their defaults only.
+    const ACCEPTED: &'static [&'static str] = &[
+        "phm_layer",
+        "phm_dim",
+        "factorized_phm_W",
+        "shared_W_phm",
+        "shared_phm_rule",
+        "factorized_phm_rule",
+        "phm_c_init",
+        "phm_init_range",
+        "learn_phm",
+        "hypercomplex_nonlinearity",
+        "phm_rank",
+        "phm_bias",
+        "inv_adapter",
+        "inv_adapter_reduction_factor",
+        "cross_adapter",
+        "stochastic_depth",
+    ];
+
+    /// Rejects the AdapterHub options sinew does not implement, naming the key.
+    fn check_supported(raw: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+        let off = |key: &str, default: serde_json::Value| {
+            raw.get(key).is_some_and(|v| !v.is_null() && *v != default)
+        };
+        for (key, default) in [
+            ("phm_layer", serde_json::Value::Bool(false)),
+            ("cross_adapter", serde_json::Value::Bool(false)),
+            ("inv_adapter", serde_json::Value::Null),
+            ("stochastic_depth", serde_json::json!(0.0)),
+        ] {
+            if off(key, default) {
+                return Err(format!("`{key}` = {} is not supported", raw[key]));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self, model: Option<&BertConfig>) -> Result<(), String> {
+        if let Some(model) = model {
+            for layer in (0..model.num_hidden_layers).filter(|l| !self.leave_out.contains(l)) {
+                self.width(model.hidden_size, layer)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// AdapterHub marks bottleneck configs by the absence of `architecture`.
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("configs serialise")
     }
 }
 
@@ -561,16 +599,16 @@ pub struct BottleneckAdapter<B: Backend> {
     pub output: Vec<Option<Bottleneck<B>>>,
 }
 
-impl<B: Backend> BottleneckAdapter<B> {
-    /// A new adapter for `model`, placed and initialised as `config` says.
-    pub fn new(config: &BnConfig, model: &BertConfig, device: &B::Device) -> crate::Result<Self> {
+impl<B: Backend> Method<B> for BottleneckAdapter<B> {
+    type Config = BnConfig;
+
+    fn new(config: &BnConfig, model: &BertConfig, device: &B::Device) -> crate::Result<Self> {
         Self::build(config, model, |_, _, width| {
             Ok(Bottleneck::new(config, model.hidden_size, width, device))
         })
     }
 
-    /// The adapter `name` read from an AdapterHub `adapter.safetensors`.
-    pub fn load(
+    fn load(
         config: &BnConfig,
         model: &BertConfig,
         name: &str,
@@ -588,6 +626,25 @@ impl<B: Backend> BottleneckAdapter<B> {
         })
     }
 
+    fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
+        let root = model_prefix(model);
+        for (location, sites) in [
+            ("attention.output", &self.attention),
+            ("output", &self.output),
+        ] {
+            for (layer, site) in sites.iter().enumerate() {
+                if let Some(site) = site {
+                    site.save(
+                        sink,
+                        &format!("{root}.encoder.layer.{layer}.{location}.adapters.{name}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl<B: Backend> BottleneckAdapter<B> {
     fn build(
         config: &BnConfig,
         model: &BertConfig,
@@ -612,24 +669,6 @@ impl<B: Backend> BottleneckAdapter<B> {
         })
     }
 
-    /// Writes every bottleneck with AdapterHub's keys for adapter `name`.
-    pub fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
-        let root = model_prefix(model);
-        for (location, sites) in [
-            ("attention.output", &self.attention),
-            ("output", &self.output),
-        ] {
-            for (layer, site) in sites.iter().enumerate() {
-                if let Some(site) = site {
-                    site.save(
-                        sink,
-                        &format!("{root}.encoder.layer.{layer}.{location}.adapters.{name}"),
-                    );
-                }
-            }
-        }
-    }
-
     /// The bottleneck at `site` of `layer`, if the adapter has one there.
     pub fn at(&self, layer: usize, site: SubLayer) -> Option<&Bottleneck<B>> {
         let sites = match site {
@@ -637,6 +676,23 @@ impl<B: Backend> BottleneckAdapter<B> {
             SubLayer::FeedForward => &self.output,
         };
         sites.get(layer).and_then(Option::as_ref)
+    }
+}
+
+/// A bottleneck acts at the sub-layer ends where it has one.
+impl<B: Backend> Hooks<B> for &BottleneckAdapter<B> {
+    fn sublayer_end(
+        &mut self,
+        layer: usize,
+        site: SubLayer,
+        output: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
+        layer_norm: &LayerNorm<B>,
+    ) -> Tensor<B, 3> {
+        match self.at(layer, site) {
+            Some(bottleneck) => bottleneck.sublayer_end(output, residual, layer_norm),
+            None => layer_norm.forward(output + residual),
+        }
     }
 }
 

@@ -8,71 +8,11 @@ use burn::prelude::*;
 use serde_json::{Map, Value};
 use sinew_backbone::BertConfig;
 
-use crate::bottleneck::{BnConfig, BottleneckAdapter};
 use crate::error::{AdapterError, Result};
 use crate::head::{ClassificationHead, HeadConfig};
-use crate::lora::{LoraAdapter, LoraConfig};
+use crate::method::Method;
 use crate::tensors::{TensorFile, TensorSink};
-use crate::Adapter;
-
-/// AdapterHub keys sinew reads for bottleneck adapters, besides [`BnConfig`]'s own fields, that
-/// it accepts at their defaults (checked by [`BnConfig::check_supported`]) or ignores.
-const BN_ACCEPTED: [&str; 17] = [
-    "architecture",
-    "phm_layer",
-    "phm_dim",
-    "factorized_phm_W",
-    "shared_W_phm",
-    "shared_phm_rule",
-    "factorized_phm_rule",
-    "phm_c_init",
-    "phm_init_range",
-    "learn_phm",
-    "hypercomplex_nonlinearity",
-    "phm_rank",
-    "phm_bias",
-    "inv_adapter",
-    "inv_adapter_reduction_factor",
-    "cross_adapter",
-    "stochastic_depth",
-];
-
-/// AdapterHub keys of `LoRAConfig` that sinew accepts at their defaults or ignores.
-const LORA_ACCEPTED: [&str; 5] = ["architecture", "dtype", "use_dora", "vera_b", "vera_d"];
-
-/// The method config of an adapter, by `architecture`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MethodConfig {
-    /// `bottleneck` (AdapterHub writes no `architecture` key for it).
-    Bottleneck(BnConfig),
-    /// `lora`: LoRA (`composition_mode` `add`) or IA3 (`scale`).
-    Lora(LoraConfig),
-}
-
-impl MethodConfig {
-    /// The `config` object of `adapter_config.json`, as AdapterHub writes it.
-    pub fn to_json(&self) -> Value {
-        match self {
-            // AdapterHub marks bottleneck configs by the absence of `architecture`.
-            Self::Bottleneck(config) => serde_json::to_value(config).expect("serialisable"),
-            Self::Lora(config) => {
-                let mut json = serde_json::to_value(config).expect("serialisable");
-                json["architecture"] = "lora".into();
-                json
-            }
-        }
-    }
-
-    /// A new adapter of this method for `model`.
-    pub fn init<B: Backend>(&self, model: &BertConfig, device: &B::Device) -> Result<Adapter<B>> {
-        Ok(match self {
-            Self::Bottleneck(config) => {
-                Adapter::Bottleneck(BottleneckAdapter::new(config, model, device)?)
-            }
-            Self::Lora(config) => Adapter::Lora(LoraAdapter::new(config, model, device)?),
-        })
-    }
-}
+use crate::{Adapter, MethodConfig};
 
 /// The JSON AdapterHub wraps around every config it saves.
 fn config_file(config: Value, model: &BertConfig, name: &str) -> Value {
@@ -104,10 +44,7 @@ pub fn save_folder<B: Backend>(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
     let mut sink = TensorSink::default();
-    match adapter {
-        Adapter::Bottleneck(a) => a.save(model, name, &mut sink),
-        Adapter::Lora(a) => a.save(model, name, &mut sink),
-    }
+    adapter.save(model, name, &mut sink);
     sink.write(&dir.join("adapter.safetensors"))?;
     write_json(
         &dir.join("adapter_config.json"),
@@ -117,10 +54,9 @@ pub fn save_folder<B: Backend>(
         let mut sink = TensorSink::default();
         head.save(name, &mut sink);
         sink.write(&dir.join("model_head.safetensors"))?;
-        let json = serde_json::to_value(config).expect("serialisable");
         write_json(
             &dir.join("head_config.json"),
-            &config_file(json, model, name),
+            &config_file(config.to_json(), model, name),
         )?;
     }
     Ok(())
@@ -243,36 +179,14 @@ impl AdapterFolder {
             .get("architecture")
             .and_then(Value::as_str)
             .unwrap_or("bottleneck");
-        let config = match architecture {
-            "bottleneck" => {
-                BnConfig::check_supported(&raw).map_err(|m| AdapterError::file(&path, m))?;
-                let config: BnConfig = serde_json::from_value(Value::Object(raw.clone()))
-                    .map_err(|e| AdapterError::file(&path, format!("config: {e}")))?;
-                if let Some(model) = model {
-                    for layer in (0..model.num_hidden_layers).filter(|l| !config.leave_out.contains(l)) {
-                        config
-                            .width(model.hidden_size, layer)
-                            .map_err(|m| AdapterError::file(&path, m))?;
-                    }
-                }
-                warn_unknown(&path, &raw, &config, &BN_ACCEPTED);
-                MethodConfig::Bottleneck(config)
-            }
-            "lora" => {
-                LoraConfig::check_supported(&raw).map_err(|m| AdapterError::file(&path, m))?;
-                let config: LoraConfig = serde_json::from_value(Value::Object(raw.clone()))
-                    .map_err(|e| AdapterError::file(&path, format!("config: {e}")))?;
-                config.validate().map_err(|m| AdapterError::file(&path, m))?;
-                warn_unknown(&path, &raw, &config, &LORA_ACCEPTED);
-                MethodConfig::Lora(config)
-            }
-            other => {
-                return Err(AdapterError::file(
-                    &path,
-                    format!("`architecture` = \"{other}\" is not supported yet (sinew reads bottleneck and lora adapters)"),
+        let config = MethodConfig::parse(&path, architecture, &raw, model)
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "`architecture` = \"{architecture}\" is not supported (sinew reads: {})",
+                    MethodConfig::ARCHITECTURES.join(", ")
                 ))
-            }
-        };
+            })
+            .map_err(|m| AdapterError::file(&path, m))?;
         let head_path = dir.join("head_config.json");
         let head = if head_path.is_file() {
             let (raw, _) = config_object(&head_path, model)?;
@@ -292,7 +206,7 @@ impl AdapterFolder {
     }
 
     /// `{stem}.safetensors`, or AdapterHub's default `pytorch_{stem}.bin` when only that exists.
-    fn weights_file(&self, stem: &str) -> PathBuf {
+    pub fn weights_file(&self, stem: &str) -> PathBuf {
         let safetensors = self.dir.join(format!("{stem}.safetensors"));
         let bin = self.dir.join(format!("pytorch_{stem}.bin"));
         if !safetensors.exists() && bin.exists() {
@@ -316,14 +230,7 @@ impl AdapterFolder {
                 file
             }
         };
-        let adapter = match &self.config {
-            MethodConfig::Bottleneck(config) => Adapter::Bottleneck(BottleneckAdapter::load(
-                config, model, &self.name, &mut file, device,
-            )?),
-            MethodConfig::Lora(config) => Adapter::Lora(LoraAdapter::load(
-                config, model, &self.name, &mut file, device,
-            )?),
-        };
+        let adapter = self.config.load(model, &self.name, &mut file, device)?;
         reject_leftovers(&file)?;
         Ok(adapter)
     }
@@ -352,25 +259,5 @@ fn reject_leftovers(file: &TensorFile) -> Result<()> {
             file.path(),
             format!("tensor `{key}` does not fit the adapter's config or the backbone"),
         )),
-    }
-}
-
-/// Unknown config fields are warned about, not fatal.
-fn warn_unknown<T: serde::Serialize>(
-    path: &Path,
-    raw: &Map<String, Value>,
-    parsed: &T,
-    accepted: &[&str],
-) {
-    let Ok(Value::Object(known)) = serde_json::to_value(parsed) else {
-        return;
-    };
-    for key in raw.keys() {
-        if !known.contains_key(key)
-            && !accepted.contains(&key.as_str())
-            && key != "init_weights_seed"
-        {
-            tracing::warn!("{}: unknown config field `{key}` ignored", path.display());
-        }
     }
 }

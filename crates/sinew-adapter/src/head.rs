@@ -58,6 +58,19 @@ pub struct HeadConfig {
 }
 
 impl HeadConfig {
+    /// The `config` object of `head_config.json`, as AdapterHub writes it (a tagging head has
+    /// no `bias` or `use_pooler`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).expect("configs serialise");
+        if self.head_type == "tagging" {
+            if let Some(map) = json.as_object_mut() {
+                map.remove("bias");
+                map.remove("use_pooler");
+            }
+        }
+        json
+    }
+
     /// Class names by index (`"LABEL_i"` where the config names none).
     pub fn labels(&self) -> Vec<String> {
         let mut names: Vec<String> = (0..self.num_labels).map(|i| format!("LABEL_{i}")).collect();

@@ -11,10 +11,11 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::{Bert, BertConfig, Projection};
+use sinew_backbone::{Bert, BertConfig, Hooks, Projection};
 
 use crate::bottleneck::model_prefix;
 use crate::error::{AdapterError, Result};
+use crate::method::{Method, MethodSpec};
 use crate::tensors::{TensorFile, TensorSink};
 
 /// How the low-rank update is composed with the frozen projection.
@@ -127,42 +128,6 @@ impl LoraConfig {
         }
     }
 
-    /// Rejects settings sinew does not implement, naming the key.
-    pub fn check_supported(raw: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
-        if raw.get("use_dora").and_then(serde_json::Value::as_bool) == Some(true) {
-            return Err("`use_dora` = true is not supported".into());
-        }
-        for key in ["vera_d", "vera_b"] {
-            if raw.get(key).is_some_and(|v| !v.is_null()) {
-                return Err(format!("`{key}` (VeRA) is not supported"));
-            }
-        }
-        if raw.get("init_weights").and_then(serde_json::Value::as_str) == Some("vera") {
-            return Err("`init_weights` = \"vera\" is not supported".into());
-        }
-        Ok(())
-    }
-
-    /// Checks the combination of settings.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.r == 0 {
-            return Err("`r` must be at least 1".into());
-        }
-        if self.composition_mode == CompositionMode::Scale && self.r != 1 {
-            return Err("composition_mode \"scale\" needs `r` = 1".into());
-        }
-        if let Some(m) = self
-            .attn_matrices
-            .iter()
-            .find(|m| !["q", "k", "v"].contains(&m.as_str()))
-        {
-            return Err(format!(
-                "`attn_matrices` entry \"{m}\" is not one of q, k, v"
-            ));
-        }
-        Ok(())
-    }
-
     /// Whether projection `site` of `layer` gets an update.
     pub fn placed_at(&self, layer: usize, site: Projection) -> bool {
         if self.leave_out.contains(&layer) {
@@ -185,6 +150,50 @@ impl LoraConfig {
             CompositionMode::Add => self.alpha / self.r as f64,
             CompositionMode::Scale => self.alpha,
         }
+    }
+}
+
+impl MethodSpec for LoraConfig {
+    const ARCHITECTURE: &'static str = "lora";
+    /// DoRA and VeRA switches: accepted when off.
+    const ACCEPTED: &'static [&'static str] = &["dtype", "use_dora", "vera_b", "vera_d"];
+
+    /// Rejects settings sinew does not implement, naming the key.
+    fn check_supported(
+        raw: &serde_json::Map<String, serde_json::Value>,
+    ) -> std::result::Result<(), String> {
+        if raw.get("use_dora").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Err("`use_dora` = true is not supported".into());
+        }
+        for key in ["vera_d", "vera_b"] {
+            if raw.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(format!("`{key}` (VeRA) is not supported"));
+            }
+        }
+        if raw.get("init_weights").and_then(serde_json::Value::as_str) == Some("vera") {
+            return Err("`init_weights` = \"vera\" is not supported".into());
+        }
+        Ok(())
+    }
+
+    /// Checks the combination of settings.
+    fn validate(&self, _model: Option<&BertConfig>) -> std::result::Result<(), String> {
+        if self.r == 0 {
+            return Err("`r` must be at least 1".into());
+        }
+        if self.composition_mode == CompositionMode::Scale && self.r != 1 {
+            return Err("composition_mode \"scale\" needs `r` = 1".into());
+        }
+        if let Some(m) = self
+            .attn_matrices
+            .iter()
+            .find(|m| !["q", "k", "v"].contains(&m.as_str()))
+        {
+            return Err(format!(
+                "`attn_matrices` entry \"{m}\" is not one of q, k, v"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -361,17 +370,17 @@ fn site_shape(model: &BertConfig, site: Projection) -> (&'static str, usize, usi
     }
 }
 
-impl<B: Backend> LoraAdapter<B> {
-    /// A new adapter for `model`.
-    pub fn new(config: &LoraConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
-        config.validate().map_err(AdapterError::Input)?;
+impl<B: Backend> Method<B> for LoraAdapter<B> {
+    type Config = LoraConfig;
+
+    fn new(config: &LoraConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
+        config.validate(Some(model)).map_err(AdapterError::Input)?;
         Self::build(config, model, |_, _, d_in, d_out| {
             Ok(LoraSite::new(config, d_in, d_out, device))
         })
     }
 
-    /// The adapter `name` read from an AdapterHub `adapter.safetensors`.
-    pub fn load(
+    fn load(
         config: &LoraConfig,
         model: &BertConfig,
         name: &str,
@@ -386,6 +395,23 @@ impl<B: Backend> LoraAdapter<B> {
         })
     }
 
+    fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
+        let root = model_prefix(model);
+        for site in SITES {
+            let (path, _, _) = site_shape(model, site);
+            for (layer, update) in self.sites(site).into_iter().flatten().enumerate() {
+                if let Some(update) = update {
+                    update.save(
+                        sink,
+                        &format!("{root}.encoder.layer.{layer}.{path}.loras.{name}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl<B: Backend> LoraAdapter<B> {
     fn build(
         config: &LoraConfig,
         model: &BertConfig,
@@ -420,22 +446,6 @@ impl<B: Backend> LoraAdapter<B> {
             Projection::Output => &self.output,
             Projection::AttentionOutput => return None,
         })
-    }
-
-    /// Writes every update with AdapterHub's keys for adapter `name`.
-    pub fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
-        let root = model_prefix(model);
-        for site in SITES {
-            let (path, _, _) = site_shape(model, site);
-            for (layer, update) in self.sites(site).into_iter().flatten().enumerate() {
-                if let Some(update) = update {
-                    update.save(
-                        sink,
-                        &format!("{root}.encoder.layer.{layer}.{path}.loras.{name}"),
-                    );
-                }
-            }
-        }
     }
 
     /// The update at projection `site` of `layer`, if any.
@@ -498,5 +508,22 @@ fn projection_mut<B: Backend>(
         Projection::AttentionOutput => &mut layer.attention.output.dense,
         Projection::Intermediate => &mut layer.intermediate.dense,
         Projection::Output => &mut layer.output.dense,
+    }
+}
+
+/// LoRA and IA3 act on the projections where they have an update.
+impl<B: Backend> Hooks<B> for &LoraAdapter<B> {
+    fn project(
+        &mut self,
+        layer: usize,
+        site: Projection,
+        linear: &Linear<B>,
+        x: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let y = linear.forward(x.clone());
+        match self.at(layer, site) {
+            Some(update) => update.apply(x, y),
+            None => y,
+        }
     }
 }

@@ -1,20 +1,19 @@
 //! An adapter model: the frozen backbone, named adapters and heads, and the active adapter.
 //!
-//! [`AdapterModel::forward`] runs the backbone with [`ActiveAdapter`] as its hooks: at each
-//! sub-layer end where the active adapter has a bottleneck, the bottleneck decides residual and
-//! LayerNorm; everywhere else the plain transformer runs.
+//! [`AdapterModel::forward`] runs the backbone with the active [`Adapter`] as its hooks: each
+//! method acts at its own sites (a bottleneck at sub-layer ends, LoRA at projections, prefixes at
+//! the attention's keys and values); everywhere else the plain transformer runs.
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param};
-use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
-use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput, Hooks, Projection, SubLayer};
+use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput};
 
 use std::path::Path;
 
 use crate::error::{AdapterError, Result};
-use crate::folder::{save_folder, save_peft_folder, AdapterFolder, MethodConfig};
+use crate::folder::{save_folder, save_peft_folder, AdapterFolder};
 use crate::head::{ClassificationHead, HeadConfig, HeadLogits};
-use crate::Adapter;
+use crate::{Adapter, MethodConfig};
 
 /// The backbone with named adapters and heads.
 #[derive(Module, Debug)]
@@ -235,6 +234,25 @@ impl<B: Backend> AdapterModel<B> {
         Ok(())
     }
 
+    /// Replaces prefix-tuning adapter `name`'s reparameterisation MLP by the static prefixes it
+    /// produces: same outputs, less work per forward pass; it is then saved as `flat`.
+    pub fn eject_prefix(&mut self, name: &str) -> Result<()> {
+        let index = self.adapter_index(name)?;
+        let (Adapter::Prefix(_), MethodConfig::Prefix(config)) =
+            (&self.adapters[index], &mut self.adapter_configs[index])
+        else {
+            return Err(AdapterError::Input(format!(
+                "`{name}` is not a prefix-tuning adapter"
+            )));
+        };
+        config.flat = true;
+        let Adapter::Prefix(prefix) = self.adapters.remove(index) else {
+            unreachable!("matched above")
+        };
+        self.adapters.insert(index, Adapter::Prefix(prefix.eject()));
+        Ok(())
+    }
+
     /// Restores the backbone weights a merge replaced.
     pub fn unmerge_adapter(&mut self) {
         if let Some((_, saved)) = self.merged.take() {
@@ -256,9 +274,7 @@ impl<B: Backend> AdapterModel<B> {
             .and_then(|n| Self::index_of(&self.adapter_names, n))
             .map(|i| &self.adapters[i]);
         let encoded = match adapter {
-            Some(adapter) => self
-                .backbone
-                .forward_with(input, &mut ActiveAdapter { adapter }),
+            Some(mut adapter) => self.backbone.forward_with(input, &mut adapter),
             None => self.backbone.forward(input),
         };
         let head = active.and_then(|n| Self::index_of(&self.head_names, n));
@@ -273,48 +289,6 @@ impl<B: Backend> AdapterModel<B> {
             logits,
             token_logits,
         })
-    }
-}
-
-/// The hooks of one active adapter.
-pub struct ActiveAdapter<'a, B: Backend> {
-    /// The adapter acting at every site it has.
-    pub adapter: &'a Adapter<B>,
-}
-
-impl<B: Backend> Hooks<B> for ActiveAdapter<'_, B> {
-    fn project(
-        &mut self,
-        layer: usize,
-        site: Projection,
-        linear: &Linear<B>,
-        x: Tensor<B, 3>,
-    ) -> Tensor<B, 3> {
-        let y = linear.forward(x.clone());
-        match self.adapter {
-            Adapter::Lora(adapter) => match adapter.at(layer, site) {
-                Some(update) => update.apply(x, y),
-                None => y,
-            },
-            Adapter::Bottleneck(_) => y,
-        }
-    }
-
-    fn sublayer_end(
-        &mut self,
-        layer: usize,
-        site: SubLayer,
-        output: Tensor<B, 3>,
-        residual: Tensor<B, 3>,
-        layer_norm: &LayerNorm<B>,
-    ) -> Tensor<B, 3> {
-        match self.adapter {
-            Adapter::Bottleneck(adapter) => match adapter.at(layer, site) {
-                Some(bottleneck) => bottleneck.sublayer_end(output, residual, layer_norm),
-                None => layer_norm.forward(output + residual),
-            },
-            Adapter::Lora(_) => layer_norm.forward(output + residual),
-        }
     }
 }
 

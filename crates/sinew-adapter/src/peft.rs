@@ -7,6 +7,7 @@ use sinew_backbone::BertConfig;
 
 use crate::bottleneck::model_prefix;
 use crate::lora::{CompositionMode, LoraConfig, LoraInit};
+use crate::method::MethodSpec;
 
 /// PEFT's module names for the projections sinew can adapt, and AdapterHub's `attn_matrices` letter.
 const TARGETS: [(&str, Option<&str>); 4] = [
@@ -120,7 +121,7 @@ pub fn config_from_peft(
         let n = num_layers.unwrap_or_else(|| keep.iter().max().map_or(0, |m| m + 1));
         config.leave_out = (0..n).filter(|l| !keep.contains(l)).collect();
     }
-    config.validate()?;
+    config.validate(None)?;
     Ok(config)
 }
 

@@ -155,6 +155,20 @@ impl TensorFile {
         Ok(tensor)
     }
 
+    /// Takes the tensor `key` of shape `shape` as a Burn tensor.
+    pub fn take_tensor<B: Backend, const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let raw = self.take(key, &shape)?;
+        Ok(Tensor::from_data(
+            TensorData::new(raw.values, shape),
+            device,
+        ))
+    }
+
     /// Takes `{prefix}.weight` `[out, in]` (and `{prefix}.bias` `[out]`) as a Burn `Linear`.
     pub fn take_linear<B: Backend>(
         &mut self,

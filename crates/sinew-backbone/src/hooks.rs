@@ -53,6 +53,9 @@ pub struct AttentionKv<B: Backend> {
     pub value: Tensor<B, 4>,
     /// 1.0 where a key may be attended to, 0.0 for padding, `[batch, keys]`.
     pub keep: Tensor<B, 2>,
+    /// The attention sub-layer's input, `[batch, seq, hidden]` (prefix gates read it); changes
+    /// to it are ignored.
+    pub input: Tensor<B, 3>,
 }
 
 /// Extension points of the encoder; every default reproduces the plain transformer.

@@ -126,9 +126,18 @@ impl<B: Backend> SelfAttention<B> {
         };
         let query = split(hooks.project(layer, Projection::Query, &self.query, hidden.clone()));
         let key = split(hooks.project(layer, Projection::Key, &self.key, hidden.clone()));
-        let value = split(hooks.project(layer, Projection::Value, &self.value, hidden));
-        let AttentionKv { key, value, keep } =
-            hooks.attention_kv(layer, AttentionKv { key, value, keep });
+        let value = split(hooks.project(layer, Projection::Value, &self.value, hidden.clone()));
+        let AttentionKv {
+            key, value, keep, ..
+        } = hooks.attention_kv(
+            layer,
+            AttentionKv {
+                key,
+                value,
+                keep,
+                input: hidden,
+            },
+        );
 
         let keys = keep.dims()[1];
         let bias = (keep.neg() + 1.0)
