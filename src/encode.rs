@@ -7,10 +7,10 @@ use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::adapter::AdapterModel;
 use crate::backbone::files::write_atomic_with;
 use crate::backbone::{Pretrained, TextTokenizer, TokenBatch};
 use crate::backend::BackendJob;
+use crate::fusion::AdapterModel;
 
 /// The JSON `sinew encode` writes; every array is row-major, padded positions included.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -29,6 +29,10 @@ pub struct Encoded {
     /// `[batch][token][labels]`, when the active adapter has a tagging head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_logits: Option<Vec<Vec<Vec<f32>>>>,
+    /// Fusion attentions `[batch][token][adapters]` by layer: `"<layer>"` after the FFN
+    /// (`output_adapter`), `"<layer>.mh_adapter"` after attention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_attentions: Option<std::collections::BTreeMap<String, Vec<Vec<Vec<f32>>>>>,
 }
 
 /// Reads one text per line; blank lines are skipped with a warning, and a file with no text is
@@ -84,6 +88,7 @@ pub fn encode_texts<B: Backend>(
         mean_pooled: Vec::with_capacity(texts.len()),
         logits: None,
         token_logits: None,
+        fusion_attentions: None,
     };
     for start in (0..texts.len()).step_by(batch_size) {
         let end = (start + batch_size).min(texts.len());
@@ -93,7 +98,24 @@ pub fn encode_texts<B: Backend>(
             attention_mask: tokens.attention_mask[start..end].to_vec(),
             truncated: Vec::new(),
         };
-        let output = model.forward(&chunk.to_input::<B>(device))?;
+        let output = model.forward_with_attentions(&chunk.to_input::<B>(device))?;
+        for (layer, site, attention) in output.fusion_attentions.into_iter().flatten() {
+            let key = match site {
+                crate::backbone::SubLayer::FeedForward => layer.to_string(),
+                crate::backbone::SubLayer::Attention => format!("{layer}.mh_adapter"),
+            };
+            let [_, seq, n] = attention.dims();
+            let values = attention.into_data().to_vec::<f32>()?;
+            out.fusion_attentions
+                .get_or_insert_with(Default::default)
+                .entry(key)
+                .or_default()
+                .extend(
+                    values
+                        .chunks(seq * n)
+                        .map(|text| text.chunks(n).map(<[f32]>::to_vec).collect()),
+                );
+        }
         if let Some(logits) = output.logits {
             let labels = logits.dims()[1];
             let values = logits.into_data().to_vec::<f32>()?;
@@ -146,8 +168,12 @@ pub struct EncodeJob {
     pub batch_size: usize,
     /// Adapter folders (AdapterHub layout) to load.
     pub adapters: Vec<PathBuf>,
-    /// The adapter to activate (default: the only one loaded).
+    /// Fusion folders (AdapterHub's `save_adapter_fusion` layout), loaded after the adapters.
+    pub fusions: Vec<PathBuf>,
+    /// The setup to activate (default: the only fusion, or the only adapter, loaded).
     pub setup: Option<String>,
+    /// Reproduce AdapterHub's behaviour where sinew corrects it (see `sinew_fusion`).
+    pub adapterhub_semantics: bool,
 }
 
 impl BackendJob for EncodeJob {
@@ -160,11 +186,19 @@ impl BackendJob for EncodeJob {
         for dir in &self.adapters {
             model.load_adapter(dir, device)?;
         }
-        let setup = match (&self.setup, model.adapter_names()) {
-            (Some(name), _) => Some(name.clone()),
-            (None, [only]) => Some(only.clone()),
-            (None, []) => None,
-            (None, names) => bail!(
+        let mut fusions = Vec::new();
+        for dir in &self.fusions {
+            fusions.push(model.load_fusion(dir, device)?);
+        }
+        if self.adapterhub_semantics {
+            model.set_semantics(crate::fusion::Semantics::AdapterHub);
+        }
+        let setup = match (&self.setup, model.adapter_names(), fusions.as_slice()) {
+            (Some(setup), _, _) => Some(setup.clone()),
+            (None, _, [fusion]) => Some(format!("Fuse({fusion})")),
+            (None, [only], []) => Some(only.clone()),
+            (None, [], []) => None,
+            (None, names, _) => bail!(
                 "several adapters loaded ({}): choose one with --setup",
                 names.join(", ")
             ),

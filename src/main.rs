@@ -51,9 +51,18 @@ enum Command {
         /// Adapter folder saved by AdapterHub's `save_adapter` (repeatable).
         #[arg(long = "adapter")]
         adapters: Vec<PathBuf>,
-        /// The adapter to activate, by name (default: the only adapter given).
+        /// Fusion folder saved by AdapterHub's `save_adapter_fusion` (repeatable; its adapters
+        /// must be given with --adapter).
+        #[arg(long = "fusion")]
+        fusions: Vec<PathBuf>,
+        /// The setup to activate: an adapter name or an expression such as "Fuse(a, b)",
+        /// "Stack(a, b)", "Parallel(a, b)" (default: the only fusion, or the only adapter, given).
         #[arg(long)]
         setup: Option<String>,
+        /// Reproduce AdapterHub's outputs where sinew corrects its behaviour (Average's extra
+        /// 1/N, residual_before on the keys).
+        #[arg(long)]
+        adapterhub_semantics: bool,
     },
 }
 
@@ -87,7 +96,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_len,
             batch_size,
             adapters,
+            fusions,
             setup,
+            adapterhub_semantics,
         } => {
             let model = match model {
                 Some(dir) => dir,
@@ -100,7 +111,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_len,
                 batch_size,
                 adapters,
+                fusions,
                 setup,
+                adapterhub_semantics,
             };
             let count = backend.run(job)?;
             eprintln!("encoded {count} texts into {}", output.display());

@@ -9,8 +9,8 @@ use burn::prelude::*;
 use common::{fixture_path, flat3, max_abs_diff, model_dir};
 use serde::Deserialize;
 use sinew::adapter::tensors::TensorFile;
-use sinew::adapter::AdapterModel;
 use sinew::backbone::Pretrained;
+use sinew::fusion::AdapterModel;
 
 #[derive(Deserialize)]
 struct Case {

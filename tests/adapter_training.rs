@@ -14,9 +14,10 @@ use burn::prelude::*;
 use common::{fixture_path, max_abs_diff, model_dir};
 use serde::Deserialize;
 use sinew::adapter::prefix::PrefixSource;
-use sinew::adapter::{Adapter, AdapterModel};
+use sinew::adapter::Adapter;
 use sinew::backbone::Pretrained;
 use sinew::backend::NdArrayBackend;
+use sinew::fusion::AdapterModel;
 
 type A = Autodiff<NdArrayBackend>;
 

@@ -5,9 +5,9 @@ mod common;
 
 use common::{fixture_path, flat3, max_abs_diff, model_dir};
 use serde::Deserialize;
-use sinew::adapter::AdapterModel;
 use sinew::backbone::Pretrained;
 use sinew::backend::NdArrayBackend;
+use sinew::fusion::AdapterModel;
 
 type B = NdArrayBackend;
 

@@ -506,6 +506,37 @@ impl<B: Backend> Bottleneck<B> {
 
     /// AdapterHub's `forward`: scaling · up(act(down(x))), gated, with the adapter residual.
     pub fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_with_up(x, residual).0
+    }
+
+    /// Whether this is a parallel adapter (`par_bn`): it reads the sub-layer input.
+    pub fn is_parallel(&self) -> bool {
+        self.behaviour.is_parallel
+    }
+
+    /// AdapterFusion's query at this adapter: the sub-layer input for a parallel adapter, else
+    /// the raw sub-layer `output` with `query_before_ln`, or the adapter's input `x`.
+    pub fn fusion_query(
+        &self,
+        output: Tensor<B, 3>,
+        x: Tensor<B, 3>,
+        input: Tensor<B, 3>,
+        query_before_ln: bool,
+    ) -> Tensor<B, 3> {
+        match (self.behaviour.is_parallel, query_before_ln) {
+            (true, _) => input,
+            (false, true) => output,
+            (false, false) => x,
+        }
+    }
+
+    /// [`forward`](Self::forward), and the scaled up-projection (before dropout, gate and
+    /// residual) that AdapterFusion attends over.
+    pub fn forward_with_up(
+        &self,
+        x: Tensor<B, 3>,
+        residual: Tensor<B, 3>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let b = &self.behaviour;
         let inner = match &self.adapter_norm_before {
             Some(norm) => norm.forward(x.clone()),
@@ -517,17 +548,18 @@ impl<B: Backend> Bottleneck<B> {
             Some(s) => up * s.val().unsqueeze::<3>(),
             None => up * b.fixed_scaling,
         };
-        let mut out = self.dropout.forward(up);
+        let mut out = self.dropout.forward(up.clone());
         if let Some(gate) = &self.gate {
             // Mean of the per-token gates over the sequence: one gate per example.
             let g = sigmoid(gate.forward(x)).mean_dim(1);
             out = out * g;
         }
         if b.is_parallel {
-            return match &self.adapter_norm_after {
+            let out = match &self.adapter_norm_after {
                 Some(norm) => norm.forward(out),
                 None => out,
             };
+            return (out, up);
         }
         if b.adapter_residual_before_ln {
             out = out + residual.clone();
@@ -538,7 +570,7 @@ impl<B: Backend> Bottleneck<B> {
         if !b.adapter_residual_before_ln {
             out = out + residual;
         }
-        out
+        (out, up)
     }
 
     /// AdapterHub's `post_forward`: the pretrained residual + LayerNorm, if configured.

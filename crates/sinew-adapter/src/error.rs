@@ -30,14 +30,14 @@ pub enum AdapterError {
 }
 
 impl AdapterError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
             source,
         }
     }
 
-    pub(crate) fn file(path: &Path, message: impl Into<String>) -> Self {
+    pub fn file(path: &Path, message: impl Into<String>) -> Self {
         Self::File {
             path: path.to_path_buf(),
             message: message.into(),

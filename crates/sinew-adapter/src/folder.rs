@@ -15,7 +15,7 @@ use crate::tensors::{TensorFile, TensorSink};
 use crate::{Adapter, MethodConfig};
 
 /// The JSON AdapterHub wraps around every config it saves.
-fn config_file(config: Value, model: &BertConfig, name: &str) -> Value {
+pub fn config_file(config: Value, model: &BertConfig, name: &str) -> Value {
     serde_json::json!({
         "config": config,
         "hidden_size": model.hidden_size,
@@ -27,7 +27,8 @@ fn config_file(config: Value, model: &BertConfig, name: &str) -> Value {
     })
 }
 
-fn write_json(path: &Path, json: &Value) -> Result<()> {
+/// Writes `json` (pretty) atomically.
+pub fn write_json(path: &Path, json: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(json).expect("serialisable");
     sinew_backbone::files::write_atomic(path, text.as_bytes())?;
     Ok(())
@@ -50,16 +51,53 @@ pub fn save_folder<B: Backend>(
         &dir.join("adapter_config.json"),
         &config_file(config.to_json(), model, name),
     )?;
-    if let Some((config, head)) = head {
-        let mut sink = TensorSink::default();
-        head.save(name, &mut sink);
-        sink.write(&dir.join("model_head.safetensors"))?;
-        write_json(
-            &dir.join("head_config.json"),
-            &config_file(config.to_json(), model, name),
-        )?;
+    match head {
+        Some((config, head)) => save_head(dir, model, name, config, head),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Writes head `name` into `dir` as AdapterHub does: `head_config.json`, `model_head.safetensors`.
+pub fn save_head<B: Backend>(
+    dir: &Path,
+    model: &BertConfig,
+    name: &str,
+    config: &HeadConfig,
+    head: &ClassificationHead<B>,
+) -> Result<()> {
+    let mut sink = TensorSink::default();
+    head.save(name, &mut sink);
+    sink.write(&dir.join("model_head.safetensors"))?;
+    write_json(
+        &dir.join("head_config.json"),
+        &config_file(config.to_json(), model, name),
+    )
+}
+
+/// The head config of `dir/head_config.json`, if the folder has one.
+pub fn read_head_config(dir: &Path, model: Option<&BertConfig>) -> Result<Option<HeadConfig>> {
+    let path = dir.join("head_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let (raw, _) = config_object(&path, model)?;
+    serde_json::from_value(Value::Object(raw))
+        .map(Some)
+        .map_err(|e| AdapterError::file(&path, format!("config: {e}")))
+}
+
+/// Head `name` with `config` read from `dir`'s `model_head` weights; every tensor must be used.
+pub fn load_head<B: Backend>(
+    dir: &Path,
+    model: &BertConfig,
+    name: &str,
+    config: &HeadConfig,
+    device: &B::Device,
+) -> Result<ClassificationHead<B>> {
+    let mut file = TensorFile::read(&weights_path(dir, "model_head"))?;
+    let head = ClassificationHead::load(config, model, name, &mut file, device)?;
+    reject_leftovers(&file)?;
+    Ok(head)
 }
 
 /// Whose layout a folder has.
@@ -108,7 +146,8 @@ pub struct AdapterFolder {
     pub head: Option<HeadConfig>,
 }
 
-fn read_json(path: &Path) -> Result<Map<String, Value>> {
+/// Reads a JSON object.
+pub fn read_json(path: &Path) -> Result<Map<String, Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
     match serde_json::from_str(&text) {
         Ok(Value::Object(map)) => Ok(map),
@@ -119,7 +158,10 @@ fn read_json(path: &Path) -> Result<Map<String, Value>> {
 
 /// The `config` object and `name` of an AdapterHub config file, with its `hidden_size` checked
 /// against `model` when given.
-fn config_object(path: &Path, model: Option<&BertConfig>) -> Result<(Map<String, Value>, String)> {
+pub fn config_object(
+    path: &Path,
+    model: Option<&BertConfig>,
+) -> Result<(Map<String, Value>, String)> {
     let mut json = read_json(path)?;
     let hidden = json.get("hidden_size").and_then(Value::as_u64);
     if let (Some(hidden), Some(model)) = (hidden, model) {
@@ -187,15 +229,7 @@ impl AdapterFolder {
                 ))
             })
             .map_err(|m| AdapterError::file(&path, m))?;
-        let head_path = dir.join("head_config.json");
-        let head = if head_path.is_file() {
-            let (raw, _) = config_object(&head_path, model)?;
-            let head: HeadConfig = serde_json::from_value(Value::Object(raw))
-                .map_err(|e| AdapterError::file(&head_path, format!("config: {e}")))?;
-            Some(head)
-        } else {
-            None
-        };
+        let head = read_head_config(dir, model)?;
         Ok(Self {
             format: FolderFormat::AdapterHub,
             dir: dir.to_path_buf(),
@@ -207,13 +241,7 @@ impl AdapterFolder {
 
     /// `{stem}.safetensors`, or AdapterHub's default `pytorch_{stem}.bin` when only that exists.
     pub fn weights_file(&self, stem: &str) -> PathBuf {
-        let safetensors = self.dir.join(format!("{stem}.safetensors"));
-        let bin = self.dir.join(format!("pytorch_{stem}.bin"));
-        if !safetensors.exists() && bin.exists() {
-            bin
-        } else {
-            safetensors
-        }
+        weights_path(&self.dir, stem)
     }
 
     /// Loads the adapter's weights (`adapter.safetensors`); every tensor must be used.
@@ -241,18 +269,27 @@ impl AdapterFolder {
         model: &BertConfig,
         device: &B::Device,
     ) -> Result<Option<ClassificationHead<B>>> {
-        let Some(config) = &self.head else {
-            return Ok(None);
-        };
-        let mut file = TensorFile::read(&self.weights_file("model_head"))?;
-        let head = ClassificationHead::load(config, model, &self.name, &mut file, device)?;
-        reject_leftovers(&file)?;
-        Ok(Some(head))
+        self.head
+            .as_ref()
+            .map(|config| load_head(&self.dir, model, &self.name, config, device))
+            .transpose()
+    }
+}
+
+/// `dir/{stem}.safetensors`, or AdapterHub's default `dir/pytorch_{stem}.bin` when only that
+/// exists.
+pub fn weights_path(dir: &Path, stem: &str) -> PathBuf {
+    let safetensors = dir.join(format!("{stem}.safetensors"));
+    let bin = dir.join(format!("pytorch_{stem}.bin"));
+    if !safetensors.exists() && bin.exists() {
+        bin
+    } else {
+        safetensors
     }
 }
 
 /// A tensor nobody read means the file and the config disagree: say which.
-fn reject_leftovers(file: &TensorFile) -> Result<()> {
+pub fn reject_leftovers(file: &TensorFile) -> Result<()> {
     match file.remaining().next() {
         None => Ok(()),
         Some(key) => Err(AdapterError::file(

@@ -6,7 +6,8 @@
 //! - [`prefix`], [`prompt`]: prefix tuning (prepended keys/values) and prompt tuning;
 //! - [`head`]: classification, multi-label, regression and tagging heads in AdapterHub's layout;
 //! - [`folder`]: reading and writing AdapterHub's `save_adapter` folders (and PEFT's, via [`peft`]);
-//! - [`model`]: backbone + named adapters + heads, and the hooks of the active adapter.
+//!
+//! The assembled model (backbone + named adapters, fusions and heads) is `sinew_fusion::AdapterModel`.
 //!
 //! # Adding a method
 //! Write `src/<method>.rs` with a serde config implementing [`method::MethodSpec`] (AdapterHub's
@@ -26,7 +27,6 @@ pub mod folder;
 pub mod head;
 pub mod lora;
 pub mod method;
-pub mod model;
 pub mod peft;
 pub mod prefix;
 pub mod prompt;
@@ -36,7 +36,6 @@ pub use error::{AdapterError, Result};
 pub use folder::{AdapterFolder, FolderFormat};
 pub use head::{ClassificationHead, HeadConfig, HeadKind, HeadLogits, Targets};
 pub use method::{Method, MethodSpec};
-pub use model::{AdapterModel, AdapterOutput};
 
 method::register_methods! {
     /// Bottleneck adapters: `seq_bn`, `double_seq_bn`, `par_bn`, … ([`bottleneck`]).

@@ -1,0 +1,436 @@
+//! AdapterFusion and composition blocks against AdapterHub (fixtures from
+//! tools/reference/make_fusion_fixtures.py: random non-zero adapters and fusions saved by the
+//! library itself): hidden states, logits of every head and fusion attentions to 1e-4, fusion
+//! gradients to 1e-3, on ndarray; and the CLI on the same folders.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use burn::backend::Autodiff;
+use burn::module::Param;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::prelude::*;
+use common::{fixture_path, max_abs_diff, model_dir, sinew};
+use serde::Deserialize;
+use serde_json::Value;
+use sinew::backbone::{EncoderInput, Pretrained, SubLayer};
+use sinew::backend::NdArrayBackend;
+use sinew::fusion::{AdapterModel, Semantics};
+
+type B = NdArrayBackend;
+type A = Autodiff<NdArrayBackend>;
+
+#[derive(Deserialize)]
+struct Grad {
+    values: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    setup: String,
+    last_hidden_state: Value,
+    logits: Vec<Value>,
+    heads: Vec<String>,
+    #[serde(default)]
+    fusion_attentions: BTreeMap<String, Value>,
+    #[serde(default)]
+    loss: Option<f32>,
+    #[serde(default)]
+    grads: BTreeMap<String, Grad>,
+}
+
+#[derive(Deserialize)]
+struct Outputs {
+    texts: Vec<String>,
+    labels: Vec<i64>,
+    cases: BTreeMap<String, Case>,
+}
+
+fn outputs() -> Outputs {
+    let path = fixture_path("fusion").join("outputs.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn flatten(value: &Value) -> Vec<f32> {
+    match value {
+        Value::Array(items) => items.iter().flat_map(flatten).collect(),
+        v => vec![v.as_f64().expect("a number") as f32],
+    }
+}
+
+fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+const ADAPTERS: [&str; 5] = ["seq_a", "seq_b", "seq_c", "dbl_a", "dbl_b"];
+
+/// The real model with every fixture adapter and fusion loaded, and the fixture batch.
+fn loaded<Bk: Backend>(model_dir: &std::path::Path) -> (AdapterModel<Bk>, EncoderInput<Bk>) {
+    let device = Default::default();
+    let pretrained = Pretrained::<Bk>::load(model_dir, None, &device).unwrap();
+    let input = pretrained
+        .tokenizer
+        .encode(&outputs().texts)
+        .unwrap()
+        .to_input::<Bk>(&device);
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    let dir = fixture_path("fusion");
+    for name in ADAPTERS {
+        model
+            .load_adapter(&dir.join("adapters").join(name), &device)
+            .unwrap();
+    }
+    for case in ["fuse_dynamic", "fuse_static"] {
+        model
+            .load_fusion(&dir.join("fusions").join(case), &device)
+            .unwrap();
+    }
+    (model, input)
+}
+
+#[test]
+fn setups_match_adapterhub() {
+    let (mut model, input) = loaded::<B>(&model_dir());
+    // Average's 1/N is AdapterHub's; the other cases do not depend on the semantics.
+    model.set_semantics(Semantics::AdapterHub);
+    let plain = values(model.backbone.forward(&input).last_hidden_state);
+    let out = outputs();
+    assert_eq!(out.cases.len(), 6);
+    for (name, case) in &out.cases {
+        model.set_active(Some(&case.setup)).unwrap();
+        let got = model.forward_with_attentions(&input).unwrap();
+        let want = flatten(&case.last_hidden_state);
+        let hidden = values(got.encoded.last_hidden_state);
+        if hidden.len() == plain.len() {
+            assert!(
+                max_abs_diff(&plain, &want) > 1e-2,
+                "{name}: the setup must change the output"
+            );
+        }
+        let diff = max_abs_diff(&hidden, &want);
+        eprintln!("{name}: last_hidden_state max |diff| {diff:.2e}");
+        assert!(diff <= 1e-4, "{name}: hidden states differ by {diff}");
+
+        // AdapterHub keeps the previous head for Average (it picks none): compare ours with the
+        // head of the same name.
+        // (AdapterHub names a BatchSplit's heads as one `BatchSplit[…]`: its outputs are in order.)
+        for (k, head) in got.heads.iter().enumerate() {
+            let i = case.heads.iter().position(|h| *h == head.name).unwrap_or(k);
+            let logits = match &head.logits {
+                sinew::adapter::HeadLogits::Text(l) => values(l.clone()),
+                sinew::adapter::HeadLogits::Tokens(l) => values(l.clone()),
+            };
+            let diff = max_abs_diff(&logits, &flatten(&case.logits[i]));
+            eprintln!("{name}: head {} logits max |diff| {diff:.2e}", head.name);
+            assert!(
+                diff <= 1e-4,
+                "{name}: head {} logits differ by {diff}",
+                head.name
+            );
+        }
+        assert!(!got.heads.is_empty(), "{name}: a head");
+
+        let attentions = got.fusion_attentions.unwrap_or_default();
+        assert_eq!(
+            attentions.len(),
+            case.fusion_attentions.len(),
+            "{name}: fusion sites"
+        );
+        for (layer, site, attention) in attentions {
+            let location = match site {
+                SubLayer::Attention => "mh_adapter",
+                SubLayer::FeedForward => "output_adapter",
+            };
+            let want = &case.fusion_attentions[&format!("{layer}.{location}")];
+            let diff = max_abs_diff(&values(attention), &flatten(want));
+            eprintln!("{name}: attention {layer}.{location} max |diff| {diff:.2e}");
+            assert!(
+                diff <= 1e-4,
+                "{name}: fusion attention {layer}.{location} differs by {diff}"
+            );
+        }
+    }
+}
+
+/// Average's weights are a weighted average: averaging an adapter with itself is the adapter
+/// (weights summing to 1), under sinew's semantics; AdapterHub's extra 1/N breaks that.
+#[test]
+fn average_of_one_adapter_is_that_adapter() {
+    let (mut model, input) = loaded::<B>(&model_dir());
+    model.set_active(Some("seq_a")).unwrap();
+    let single = values(model.forward(&input).unwrap().encoded.last_hidden_state);
+    model
+        .set_active(Some("Average(seq_a, seq_a, weights=[0.3, 0.7])"))
+        .unwrap();
+    let averaged = values(model.forward(&input).unwrap().encoded.last_hidden_state);
+    assert!(max_abs_diff(&single, &averaged) <= 1e-5);
+    model.set_semantics(Semantics::AdapterHub);
+    let halved = values(model.forward(&input).unwrap().encoded.last_hidden_state);
+    assert!(max_abs_diff(&single, &halved) > 1e-2);
+}
+
+/// The model with dropout off (the reference ran in eval mode).
+fn model_without_dropout() -> tempfile::TempDir {
+    let real = model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(real.join(name), dir.path().join(name)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(real.join("config.json")).unwrap()).unwrap();
+    config["hidden_dropout_prob"] = 0.0.into();
+    config["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// `train_fusion`: the loss and fusion gradients equal AdapterHub's after `train_adapter_fusion`,
+/// and nothing but the fusion and its head gets a gradient.
+#[test]
+fn fusion_gradients_match_adapterhub() {
+    let dir = model_without_dropout();
+    let (mut model, input) = loaded::<A>(dir.path());
+    let out = outputs();
+    let device = Default::default();
+    let labels = Tensor::<A, 1, Int>::from_data(TensorData::new(out.labels.clone(), [4]), &device);
+    for (case, fusion) in [
+        ("fuse_dynamic", "seq_a,seq_b"),
+        ("fuse_static", "dbl_a,dbl_b"),
+    ] {
+        let want = &out.cases[case];
+        model.train_fusion(fusion, false).unwrap();
+        let (trainable, total) = model.param_counts();
+        assert!(
+            trainable > 0 && trainable < total / 10,
+            "{case}: {trainable} of {total}"
+        );
+        let logits = model.forward(&input).unwrap().logits.expect("fusion head");
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits, labels.clone());
+        let value = values(loss.clone())[0];
+        assert!(
+            (value - want.loss.unwrap()).abs() < 1e-4,
+            "{case}: loss {value} vs {:?}",
+            want.loss
+        );
+        let grads = loss.backward();
+        let index = model.fusions.len() - if case == "fuse_dynamic" { 2 } else { 1 };
+        let fusion_module = &model.fusions[index];
+        for (key, grad) in &want.grads {
+            let layer: usize = key.split('.').nth(3).unwrap().parse().unwrap();
+            let site = if key.contains("attention.output") {
+                SubLayer::Attention
+            } else {
+                SubLayer::FeedForward
+            };
+            let l = fusion_module.at(layer, site).expect("fusion layer");
+            let linear = if key.contains(".query.") {
+                l.query.as_ref()
+            } else if key.contains(".key.") {
+                l.key.as_ref()
+            } else {
+                l.value.as_ref()
+            }
+            .unwrap();
+            let got = if key.ends_with("bias") {
+                param_grad(linear.bias.as_ref().unwrap(), &grads)
+            } else {
+                // PyTorch's [out, in] rows: Burn keeps [in, out].
+                let g = linear.weight.grad(&grads).expect("trained").swap_dims(0, 1);
+                values(g)
+            };
+            let got = &got[..grad.values.len()];
+            let diff = max_abs_diff(got, &grad.values);
+            eprintln!("{case}: {key} grad max |diff| {diff:.2e}");
+            assert!(diff <= 1e-3, "{case}: gradient of {key} differs by {diff}");
+        }
+        // Frozen: the backbone and the adapters get no gradient.
+        let layer = &model.backbone.encoder.layer[0]
+            .attention
+            .self_attention
+            .query;
+        assert!(
+            layer.weight.grad(&grads).is_none(),
+            "{case}: backbone frozen"
+        );
+        let sinew::adapter::Adapter::Bottleneck(a) = &model.adapters[0] else {
+            panic!("bottleneck")
+        };
+        let down = &a.output[0].as_ref().unwrap().adapter_down.weight;
+        assert!(down.grad(&grads).is_none(), "{case}: adapters frozen");
+    }
+}
+
+fn param_grad(
+    param: &Param<Tensor<A, 1>>,
+    grads: &<A as burn::tensor::backend::AutodiffBackend>::Gradients,
+) -> Vec<f32> {
+    values(param.grad(grads).expect("trained"))
+}
+
+/// A fusion saved by sinew reads back to the same outputs, and keeps AdapterHub's keys.
+#[test]
+fn saved_fusion_reads_back() {
+    let (mut model, input) = loaded::<B>(&model_dir());
+    model.set_active(Some("Fuse(seq_a, seq_b)")).unwrap();
+    let before = model.forward(&input).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model.save_fusion(dir.path(), "seq_a,seq_b", true).unwrap();
+    let theirs = sinew::adapter::tensors::TensorFile::read(&fixture_path(
+        "fusion/fusions/fuse_dynamic/model_adapter_fusion.safetensors",
+    ))
+    .unwrap();
+    let ours = sinew::adapter::tensors::TensorFile::read(
+        &dir.path().join("model_adapter_fusion.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(
+        theirs.remaining().collect::<Vec<_>>(),
+        ours.remaining().collect::<Vec<_>>()
+    );
+    let (mut fresh, _) = loaded::<B>(&model_dir());
+    let device = Default::default();
+    // Same name: load the saved copy into a model without the fixture's fusion.
+    let mut other = AdapterModel::new(fresh.backbone.clone(), fresh.config().clone());
+    for name in ["seq_a", "seq_b"] {
+        other
+            .load_adapter(&fixture_path("fusion/adapters").join(name), &device)
+            .unwrap();
+    }
+    assert_eq!(
+        other.load_fusion(dir.path(), &device).unwrap(),
+        "seq_a,seq_b"
+    );
+    other.set_active(Some("Fuse(seq_a, seq_b)")).unwrap();
+    let after = other.forward(&input).unwrap();
+    let diff = max_abs_diff(
+        &values(before.encoded.last_hidden_state),
+        &values(after.encoded.last_hidden_state),
+    );
+    assert!(diff <= 1e-6, "{diff}");
+    // A fusion whose adapters are missing is refused by name.
+    fresh = AdapterModel::new(fresh.backbone.clone(), fresh.config().clone());
+    let err = fresh
+        .load_fusion(dir.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs adapter `seq_a`"), "{err}");
+}
+
+/// Setup errors are one clear line each.
+#[test]
+fn bad_setups_are_named() {
+    let (mut model, input) = loaded::<B>(&model_dir());
+    for (setup, needle) in [
+        ("Fuse(seq_a, seq_c)", "no fusion `seq_a,seq_c`"),
+        ("Stack(seq_a, nope)", "unknown adapter `nope`"),
+        ("Fuse(seq_a, seq_b", "expected `,` or `)`"),
+    ] {
+        let err = model.set_active(Some(setup)).unwrap_err().to_string();
+        assert!(err.contains(needle), "{setup}: {err}");
+    }
+    model
+        .set_active(Some("BatchSplit(seq_a, seq_b, batch_sizes=[1, 1])"))
+        .unwrap();
+    let err = model.forward(&input).unwrap_err().to_string();
+    assert!(
+        err.contains("batch_sizes sum to 2, the batch has 4 rows"),
+        "{err}"
+    );
+}
+
+/// `sinew encode --adapter … --fusion DIR` gives AdapterHub's hidden states, logits and fusion
+/// attentions.
+#[test]
+fn cli_encode_with_a_fusion() {
+    let out = outputs();
+    let case = &out.cases["fuse_static"];
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, out.texts.join("\n")).unwrap();
+    let output = dir.path().join("out.json");
+    let fixtures = fixture_path("fusion");
+    let arg = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+    let args = [
+        "encode".to_string(),
+        "--model".into(),
+        arg(model_dir()),
+        "--input".into(),
+        arg(input),
+        "--output".into(),
+        arg(output.clone()),
+        "--adapter".into(),
+        arg(fixtures.join("adapters/dbl_a")),
+        "--adapter".into(),
+        arg(fixtures.join("adapters/dbl_b")),
+        "--fusion".into(),
+        arg(fixtures.join("fusions/fuse_static")),
+        "--setup".into(),
+        "Fuse(dbl_a, dbl_b)".into(),
+    ];
+    let run = sinew(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got: Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+    for (ours, theirs) in [
+        (&got["last_hidden_state"], &case.last_hidden_state),
+        (&got["logits"], &case.logits[0]),
+        (
+            &got["fusion_attentions"]["5"],
+            &case.fusion_attentions["5.output_adapter"],
+        ),
+        (
+            &got["fusion_attentions"]["5.mh_adapter"],
+            &case.fusion_attentions["5.mh_adapter"],
+        ),
+    ] {
+        let diff = max_abs_diff(&flatten(ours), &flatten(theirs));
+        assert!(diff <= 1e-4, "{diff}");
+    }
+}
+
+/// Per-example routing: each example gets the hidden states and logits of its own adapter and
+/// head (each checked against AdapterHub above), in input order, and under autodiff each
+/// adapter's gradient comes from its own examples only.
+#[test]
+fn per_example_routing() {
+    let (mut model, input) = loaded::<B>(&model_dir());
+    let tasks = ["seq_b", "seq_a", "seq_b", "seq_a"];
+    let routed = model.forward_routed(&input, &tasks).unwrap();
+    let hidden = values(routed.encoded.last_hidden_state);
+    let logits = values(routed.logits.expect("both heads have 3 labels"));
+    let row = hidden.len() / 4;
+    for name in ["seq_a", "seq_b"] {
+        model.set_active(Some(name)).unwrap();
+        let single = model.forward(&input).unwrap();
+        let want = values(single.encoded.last_hidden_state);
+        let want_logits = values(single.logits.unwrap());
+        for i in (0..4).filter(|&i| tasks[i] == name) {
+            let diff = max_abs_diff(
+                &hidden[i * row..(i + 1) * row],
+                &want[i * row..(i + 1) * row],
+            );
+            assert!(diff <= 1e-5, "{name} example {i}: {diff}");
+            let diff = max_abs_diff(&logits[i * 3..i * 3 + 3], &want_logits[i * 3..i * 3 + 3]);
+            assert!(diff <= 1e-5, "{name} example {i} logits: {diff}");
+        }
+    }
+    let examples: Vec<(String, Vec<usize>)> = routed
+        .heads
+        .iter()
+        .map(|h| (h.name.clone(), h.examples.clone()))
+        .collect();
+    assert_eq!(
+        examples,
+        [
+            ("seq_b".to_string(), vec![0, 2]),
+            ("seq_a".to_string(), vec![1, 3])
+        ]
+    );
+    assert!(model.forward_routed(&input, &["seq_a"]).is_err());
+}
