@@ -174,6 +174,45 @@ pub struct EncodeJob {
     pub setup: Option<String>,
     /// Reproduce AdapterHub's behaviour where sinew corrects it (see `sinew_fusion`).
     pub adapterhub_semantics: bool,
+    /// Where to draw the mean fusion attention per layer × adapter (.png or .svg).
+    pub fusion_plot: Option<PathBuf>,
+}
+
+/// Mean fusion attention over the real tokens of every text: rows `(label, [per adapter])`,
+/// by layer (the FFN's fusion after the attention's).
+pub fn mean_fusion_attentions(encoded: &Encoded) -> Vec<(String, Vec<f32>)> {
+    let Some(maps) = &encoded.fusion_attentions else {
+        return Vec::new();
+    };
+    let mut rows: Vec<(usize, bool, String, Vec<f32>)> = maps
+        .iter()
+        .map(|(key, texts)| {
+            let (layer, attention) = match key.split_once('.') {
+                Some((l, _)) => (l, true),
+                None => (key.as_str(), false),
+            };
+            let layer: usize = layer.parse().unwrap_or(usize::MAX);
+            let n = texts.first().and_then(|t| t.first()).map_or(0, Vec::len);
+            let mut sum = vec![0f32; n];
+            let mut count = 0usize;
+            for (text, mask) in texts.iter().zip(&encoded.attention_mask) {
+                for (token, &keep) in text.iter().zip(mask) {
+                    if keep == 1 {
+                        sum.iter_mut().zip(token).for_each(|(s, v)| *s += v);
+                        count += 1;
+                    }
+                }
+            }
+            let label = format!(
+                "layer {layer} {}",
+                if attention { "attention" } else { "FFN" }
+            );
+            let mean = sum.iter().map(|s| s / count.max(1) as f32).collect();
+            (layer, !attention, label, mean)
+        })
+        .collect();
+    rows.sort_by_key(|(layer, ffn, _, _)| (*layer, *ffn));
+    rows.into_iter().map(|(_, _, l, m)| (l, m)).collect()
 }
 
 impl BackendJob for EncodeJob {
@@ -214,6 +253,21 @@ impl BackendJob for EncodeJob {
         write_atomic_with(&self.output, |w| {
             serde_json::to_writer(w, &encoded).map_err(std::io::Error::other)
         })?;
+        if let Some(path) = &self.fusion_plot {
+            let Some(crate::fusion::Setup::Fuse(children)) = model.active() else {
+                bail!("--fusion-plot needs a Fuse(…) setup");
+            };
+            let adapters: Vec<String> = children.iter().map(ToString::to_string).collect();
+            let (rows, values): (Vec<String>, Vec<Vec<f32>>) =
+                mean_fusion_attentions(&encoded).into_iter().unzip();
+            crate::plot::heatmap(
+                path,
+                "mean fusion attention per layer",
+                &rows,
+                &adapters,
+                &values,
+            )?;
+        }
         Ok(texts.len())
     }
 }

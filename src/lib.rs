@@ -5,7 +5,9 @@
 //! - [`adapter`], [`fusion`], [`trainer`]: adapter methods, composition, training;
 //! - [`backend`]: the Burn backends compiled in and how the CLI picks one;
 //! - [`encode`]: the `sinew encode` job;
-//! - [`inspect`]: `sinew inspect`, a summary of an adapter folder.
+//! - [`inspect`]: `sinew inspect`, a summary of an adapter folder;
+//! - [`merge`]: the `sinew merge` job;
+//! - [`plot`]: pictures (the fusion-attention heatmap).
 
 pub use sinew_adapter as adapter;
 pub use sinew_backbone as backbone;
@@ -15,3 +17,5 @@ pub use sinew_trainer as trainer;
 pub mod backend;
 pub mod encode;
 pub mod inspect;
+pub mod merge;
+pub mod plot;

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use sinew::backbone::assets;
 use sinew::backend::BackendKind;
 use sinew::encode::EncodeJob;
+use sinew::fusion::{MergeMethod, MergeOptions};
+use sinew::merge::MergeJob;
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +65,42 @@ enum Command {
         /// 1/N, residual_before on the keys).
         #[arg(long)]
         adapterhub_semantics: bool,
+        /// Draw the mean fusion attention per layer × adapter into this .png or .svg file.
+        #[arg(long)]
+        fusion_plot: Option<PathBuf>,
+    },
+    /// Merge LoRA (or IA3) adapters in weight space into a new adapter folder.
+    Merge {
+        /// HF model folder the adapters belong to; default: all-MiniLM-L6-v2.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Adapter folder (AdapterHub, PEFT or sinew; repeatable, two or more).
+        #[arg(long = "adapter", required = true)]
+        adapters: Vec<PathBuf>,
+        /// linear, cat, svd, ties, dare_linear or dare_ties.
+        #[arg(long, default_value = "linear")]
+        method: MergeMethod,
+        /// One weight per adapter, comma-separated (default: equal weights summing to 1).
+        #[arg(long, value_delimiter = ',')]
+        weights: Vec<f64>,
+        /// Fraction of entries TIES and DARE keep.
+        #[arg(long, default_value_t = 0.5)]
+        density: f64,
+        /// Rank of the result of svd, ties and dare (default: the largest input rank).
+        #[arg(long)]
+        rank: Option<usize>,
+        /// Seed of DARE's random drops.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The merged adapter's name.
+        #[arg(long)]
+        name: String,
+        /// Folder to write (AdapterHub's layout).
+        #[arg(long)]
+        output: PathBuf,
+        /// Burn backend to run on.
+        #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
+        backend: BackendKind,
     },
 }
 
@@ -99,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fusions,
             setup,
             adapterhub_semantics,
+            fusion_plot,
         } => {
             let model = match model {
                 Some(dir) => dir,
@@ -114,9 +153,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 fusions,
                 setup,
                 adapterhub_semantics,
+                fusion_plot,
             };
             let count = backend.run(job)?;
             eprintln!("encoded {count} texts into {}", output.display());
+        }
+        Command::Merge {
+            model,
+            adapters,
+            method,
+            weights,
+            density,
+            rank,
+            seed,
+            name,
+            output,
+            backend,
+        } => {
+            let model = match model {
+                Some(dir) => dir,
+                None => assets::ensure_default_model().context("fetching the default model")?,
+            };
+            let n = adapters.len();
+            let weights = if weights.is_empty() {
+                vec![1.0 / n as f64; n]
+            } else {
+                weights
+            };
+            let job = MergeJob {
+                model,
+                adapters,
+                options: MergeOptions {
+                    method,
+                    weights,
+                    density,
+                    rank,
+                    seed,
+                },
+                name,
+                output: output.clone(),
+            };
+            let (params, inputs) = backend.run(job)?;
+            eprintln!(
+                "merged {inputs} adapters into {} ({params} parameters)",
+                output.display()
+            );
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use burn::module::{ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use common::{fixture_path, max_abs_diff, model_dir};
+use common::{fixture_path, max_abs_diff, model_without_dropout};
 use serde::Deserialize;
 use sinew::adapter::prefix::PrefixSource;
 use sinew::adapter::Adapter;
@@ -45,22 +45,6 @@ struct Outputs {
 fn outputs() -> Outputs {
     let path = fixture_path("adapters").join("outputs.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The real model with dropout off (AdapterHub's reference ran in eval mode; Burn's dropout is
-/// active whenever autodiff is).
-fn model_without_dropout() -> tempfile::TempDir {
-    let real = model_dir();
-    let dir = tempfile::tempdir().unwrap();
-    for name in ["model.safetensors", "tokenizer.json"] {
-        std::os::unix::fs::symlink(real.join(name), dir.path().join(name)).unwrap();
-    }
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(real.join("config.json")).unwrap()).unwrap();
-    config["hidden_dropout_prob"] = 0.0.into();
-    config["attention_probs_dropout_prob"] = 0.0.into();
-    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    dir
 }
 
 /// A model with every fixture adapter of `names` loaded, training `train`, and its batch.

@@ -11,7 +11,7 @@ use burn::backend::Autodiff;
 use burn::module::Param;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
-use common::{fixture_path, max_abs_diff, model_dir, sinew};
+use common::{fixture_path, max_abs_diff, model_dir, model_without_dropout, sinew};
 use serde::Deserialize;
 use serde_json::Value;
 use sinew::backbone::{EncoderInput, Pretrained, SubLayer};
@@ -81,7 +81,7 @@ fn loaded<Bk: Backend>(model_dir: &std::path::Path) -> (AdapterModel<Bk>, Encode
             .load_adapter(&dir.join("adapters").join(name), &device)
             .unwrap();
     }
-    for case in ["fuse_dynamic", "fuse_static"] {
+    for case in ["fuse_dynamic", "fuse_static", "fuse_knobs"] {
         model
             .load_fusion(&dir.join("fusions").join(case), &device)
             .unwrap();
@@ -96,7 +96,7 @@ fn setups_match_adapterhub() {
     model.set_semantics(Semantics::AdapterHub);
     let plain = values(model.backbone.forward(&input).last_hidden_state);
     let out = outputs();
-    assert_eq!(out.cases.len(), 6);
+    assert_eq!(out.cases.len(), 7);
     for (name, case) in &out.cases {
         model.set_active(Some(&case.setup)).unwrap();
         let got = model.forward_with_attentions(&input).unwrap();
@@ -153,6 +153,18 @@ fn setups_match_adapterhub() {
     }
 }
 
+/// A fusion read from AdapterHub's folder keeps AdapterHub's behaviour (here: `residual_before`
+/// adds the residual to the keys too) under sinew's default semantics.
+#[test]
+fn adapterhub_fusions_keep_their_behaviour() {
+    let (mut model, input) = loaded::<B>(&model_dir());
+    let case = &outputs().cases["fuse_knobs"];
+    model.set_active(Some(&case.setup)).unwrap();
+    let hidden = values(model.forward(&input).unwrap().encoded.last_hidden_state);
+    let diff = max_abs_diff(&hidden, &flatten(&case.last_hidden_state));
+    assert!(diff <= 1e-4, "{diff}");
+}
+
 /// Average's weights are a weighted average: averaging an adapter with itself is the adapter
 /// (weights summing to 1), under sinew's semantics; AdapterHub's extra 1/N breaks that.
 #[test]
@@ -168,21 +180,6 @@ fn average_of_one_adapter_is_that_adapter() {
     model.set_semantics(Semantics::AdapterHub);
     let halved = values(model.forward(&input).unwrap().encoded.last_hidden_state);
     assert!(max_abs_diff(&single, &halved) > 1e-2);
-}
-
-/// The model with dropout off (the reference ran in eval mode).
-fn model_without_dropout() -> tempfile::TempDir {
-    let real = model_dir();
-    let dir = tempfile::tempdir().unwrap();
-    for name in ["model.safetensors", "tokenizer.json"] {
-        std::os::unix::fs::symlink(real.join(name), dir.path().join(name)).unwrap();
-    }
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(real.join("config.json")).unwrap()).unwrap();
-    config["hidden_dropout_prob"] = 0.0.into();
-    config["attention_probs_dropout_prob"] = 0.0.into();
-    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
-    dir
 }
 
 /// `train_fusion`: the loss and fusion gradients equal AdapterHub's after `train_adapter_fusion`,
@@ -216,7 +213,7 @@ fn fusion_gradients_match_adapterhub() {
             want.loss
         );
         let grads = loss.backward();
-        let index = model.fusions.len() - if case == "fuse_dynamic" { 2 } else { 1 };
+        let index = if case == "fuse_dynamic" { 0 } else { 1 }; // in the order loaded
         let fusion_module = &model.fusions[index];
         for (key, grad) in &want.grads {
             let layer: usize = key.split('.').nth(3).unwrap().parse().unwrap();
@@ -369,6 +366,8 @@ fn cli_encode_with_a_fusion() {
         arg(fixtures.join("fusions/fuse_static")),
         "--setup".into(),
         "Fuse(dbl_a, dbl_b)".into(),
+        "--fusion-plot".into(),
+        arg(dir.path().join("attention.svg")),
     ];
     let run = sinew(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
@@ -392,6 +391,54 @@ fn cli_encode_with_a_fusion() {
         let diff = max_abs_diff(&flatten(ours), &flatten(theirs));
         assert!(diff <= 1e-4, "{diff}");
     }
+
+    // The heatmap writes the mean attention over real tokens in each cell: AdapterHub's means.
+    let ids: Vec<Vec<u32>> = serde_json::from_value(got["input_ids"].clone()).unwrap();
+    let mut want = Vec::new();
+    for key in ["5.mh_adapter", "5.output_adapter"] {
+        let maps: Vec<Vec<Vec<f32>>> =
+            serde_json::from_value(case.fusion_attentions[key].clone()).unwrap();
+        let mut sum = [0f32; 2];
+        let mut count = 0.0;
+        for (text, ids) in maps.iter().zip(&ids) {
+            for (token, &id) in text.iter().zip(ids) {
+                if id != 0 {
+                    sum[0] += token[0];
+                    sum[1] += token[1];
+                    count += 1.0;
+                }
+            }
+        }
+        want.extend(sum.map(|s| s / count));
+    }
+    let svg = std::fs::read_to_string(dir.path().join("attention.svg")).unwrap();
+    let cells: Vec<f32> = svg
+        .split('>')
+        .filter_map(|piece| piece.split('<').next())
+        .map(str::trim)
+        .filter(|t| t.len() == 5 && t.starts_with("0."))
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert_eq!(cells.len(), 4, "{svg}");
+    for (got, want) in cells.iter().zip(&want) {
+        assert!(
+            (got - want).abs() <= 1.5e-3,
+            "cell {got} vs AdapterHub's mean {want}"
+        );
+    }
+    assert!(svg.contains("dbl_a") && svg.contains("layer 5 FFN"));
+    // PNG by extension.
+    let png = dir.path().join("attention.png");
+    let mut png_args = args.to_vec();
+    let last = png_args.len() - 1;
+    png_args[last] = arg(png.clone());
+    let run = sinew(&png_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
 }
 
 /// Per-example routing: each example gets the hidden states and logits of its own adapter and

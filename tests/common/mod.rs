@@ -88,3 +88,19 @@ pub fn error_line(out: &Output) -> String {
     assert_eq!(errors.len(), 1, "one error line expected, got: {stderr}");
     errors[0].to_string()
 }
+
+/// The real model with dropout off (AdapterHub's reference ran in eval mode; Burn's dropout is
+/// active whenever autodiff is).
+pub fn model_without_dropout() -> tempfile::TempDir {
+    let real = model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(real.join(name), dir.path().join(name)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(real.join("config.json")).unwrap()).unwrap();
+    config["hidden_dropout_prob"] = 0.0.into();
+    config["attention_probs_dropout_prob"] = 0.0.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}

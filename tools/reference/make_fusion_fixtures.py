@@ -42,6 +42,12 @@ ADAPTERS = {"seq_a": SEQ, "seq_b": SEQ, "seq_c": SEQ, "dbl_a": DBL, "dbl_b": DBL
 CASES = {
     "fuse_dynamic": (Fuse("seq_a", "seq_b"), "dynamic", "Fuse(seq_a, seq_b)"),
     "fuse_static": (Fuse("dbl_a", "dbl_b"), "static", "Fuse(dbl_a, dbl_b)"),
+    # Every switch away from the presets (temperature aside: AdapterHub anneals it on each call).
+    "fuse_knobs": (Fuse("seq_b", "seq_c"), {
+        "key": True, "query": True, "value": True, "query_before_ln": True, "regularization": False,
+        "residual_before": True, "temperature": False, "value_before_softmax": False,
+        "value_initialized": True, "dropout_prob": None,
+    }, "Fuse(seq_b, seq_c)"),
     "stack": (Stack("seq_a", "dbl_b"), None, "Stack(seq_a, dbl_b)"),
     "batch_split": (BatchSplit("seq_a", "seq_b", batch_sizes=[1, 3]), None, "BatchSplit(seq_a, seq_b, batch_sizes=[1, 3])"),
     "parallel": (Parallel("seq_a", "seq_b"), None, "Parallel(seq_a, seq_b)"),

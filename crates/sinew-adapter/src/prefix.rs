@@ -312,19 +312,8 @@ impl<B: Backend> Method<B> for PrefixTuning<B> {
         };
         // The per-layer copies of the shared module: consumed, not read twice.
         for layer in 0..model.num_hidden_layers {
-            let copy = layer_copy_key(model, layer, name);
-            let copies: Vec<String> = file
-                .remaining()
-                .filter(|k| {
-                    k.strip_prefix(&copy)
-                        .is_some_and(|rest| rest.starts_with('.'))
-                })
-                .map(str::to_string)
-                .collect();
-            for key in copies {
-                let shape = file.get(&key).expect("listed").shape.clone();
-                file.take(&key, &shape)?;
-            }
+            let copy = format!("{}.", layer_copy_key(model, layer, name));
+            file.skip(|key| key.starts_with(&copy));
         }
         let gate_outputs = if config.shared_gating { 1 } else { 2 };
         let gates = (0..model.num_hidden_layers)

@@ -112,6 +112,12 @@ impl TensorFile {
         self.tensors.get(key)
     }
 
+    /// Drops every remaining tensor whose key `matches`: what a file holds besides what is read
+    /// (copies of shared tensors, parts that never act).
+    pub fn skip(&mut self, matches: impl Fn(&str) -> bool) {
+        self.tensors.retain(|key, _| !matches(key));
+    }
+
     /// Keys not yet taken.
     pub fn remaining(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)

@@ -171,7 +171,7 @@ impl<'a, B: Backend, R: Registry<B>> Composition<'a, B, R> {
                     }
                 };
                 let state = if batch == original {
-                    state.map(|t| t.repeat_dim(0, n))
+                    state.map(|t| tile(t, n))
                 } else {
                     state
                 };
@@ -293,7 +293,7 @@ impl<'a, B: Backend, R: Registry<B>> Composition<'a, B, R> {
             ups,
             state.residual.clone(),
             fusion.temperature(),
-            self.semantics,
+            fusion.semantics(self.semantics),
         );
         if let Some(attentions) = &mut self.attentions {
             attentions.push((self.layer, self.site, out.attention));
@@ -304,6 +304,16 @@ impl<'a, B: Backend, R: Registry<B>> Composition<'a, B, R> {
             ..state
         }
     }
+}
+
+/// `n` copies of `t` one after another along the batch: `[t; t; …]`. (Burn 0.21's autodiff
+/// sums the gradient of `repeat_dim(0, n)` over the wrong rows when the batch has more than one
+/// row; concatenation differentiates correctly.)
+pub fn tile<B: Backend, const D: usize, K>(t: Tensor<B, D, K>, n: usize) -> Tensor<B, D, K>
+where
+    K: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>,
+{
+    Tensor::cat(vec![t; n], 0)
 }
 
 fn slice_rows<B: Backend>(t: Tensor<B, 3>, rows: std::ops::Range<usize>) -> Tensor<B, 3> {
@@ -380,7 +390,7 @@ impl<B: Backend, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
                 // A Parallel block may have replicated the batch: the sub-layer output follows.
                 let copies = state.hidden.dims()[0] / output.dims()[0];
                 let output = if copies > 1 {
-                    output.repeat_dim(0, copies)
+                    tile(output, copies)
                 } else {
                     output
                 };
@@ -388,5 +398,31 @@ impl<B: Backend, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
             }
             None => layer_norm.forward(state.hidden + state.input),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+
+    /// The gradient of a tiled tensor sums each row's copies (the closed form).
+    #[test]
+    fn tile_differentiates_per_row() {
+        type A = Autodiff<NdArray>;
+        let d = Default::default();
+        let x = Tensor::<A, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &d).require_grad();
+        let w = Tensor::<A, 2>::from_floats(
+            [[1.0, 10.0], [100.0, 1000.0], [2.0, 20.0], [200.0, 2000.0]],
+            &d,
+        );
+        let y = tile(x.clone(), 2);
+        assert_eq!(
+            y.clone().into_data().to_vec::<f32>().unwrap(),
+            [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]
+        );
+        let grads = (y * w).sum().backward();
+        let g = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(g, [3.0, 30.0, 300.0, 3000.0]);
     }
 }

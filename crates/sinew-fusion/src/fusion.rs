@@ -277,6 +277,9 @@ pub struct AdapterFusion<B: Backend> {
     /// Softmax temperature: 50 annealed to 1 with `temperature`, else 1.
     #[module(skip)]
     temperature: f64,
+    /// Read from a folder AdapterHub saved: its outputs must be AdapterHub's, quirks included.
+    #[module(skip)]
+    pub from_adapterhub: bool,
 }
 
 /// Key location of a sub-layer in AdapterHub files.
@@ -304,6 +307,7 @@ impl<B: Backend> AdapterFusion<B> {
             attention: per_site(SubLayer::Attention)?,
             output: per_site(SubLayer::FeedForward)?,
             temperature: if config.temperature { 50.0 } else { 1.0 },
+            from_adapterhub: false,
         })
     }
 
@@ -314,6 +318,15 @@ impl<B: Backend> AdapterFusion<B> {
             SubLayer::FeedForward => &self.output,
         };
         sites.get(layer).and_then(Option::as_ref)
+    }
+
+    /// The behaviour to run with: AdapterHub's for a fusion AdapterHub saved, else `chosen`.
+    pub fn semantics(&self, chosen: Semantics) -> Semantics {
+        if self.from_adapterhub {
+            Semantics::AdapterHub
+        } else {
+            chosen
+        }
     }
 
     /// The current softmax temperature.

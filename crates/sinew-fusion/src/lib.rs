@@ -4,6 +4,9 @@
 //!   nesting rules, and the parser of expressions such as `Fuse(a, b, Stack(c, d))`;
 //! - [`fusion`]: the AdapterFusion layer (AdapterHub's `BertFusion`) and its presets;
 //! - [`compose`]: the hooks that walk a setup at every sub-layer end;
+//! - [`delta`]: fusion of LoRA/IA3 adapters over the sub-layer deltas they cause (beyond
+//!   AdapterHub, which fuses bottleneck adapters only);
+//! - [`merge`]: weight-space LoRA merges (linear, cat, SVD, TIES, DARE);
 //! - [`model`]: [`AdapterModel`], backbone + named adapters, fusions and heads, with freezing for
 //!   `train_adapter` and `train_fusion`, and AdapterHub's files.
 //!
@@ -14,7 +17,9 @@
 //! - **Average** — AdapterHub takes `mean(stack(hᵢ)·wᵢ)`, an extra `1/N` on the weighted average
 //!   (which includes the residual stream). sinew: `Σ wᵢ·hᵢ`.
 //! - **residual_before** — AdapterHub adds the residual in place to the tensor it passes as both
-//!   keys and values, so the keys see it too. sinew: values only, as the paper.
+//!   keys and values, so the keys see it too. sinew: values only, as the paper — except for a
+//!   fusion read from a folder AdapterHub saved, which keeps AdapterHub's behaviour so that its
+//!   outputs match.
 //! - **Temperature** — AdapterHub anneals `T` on every forward call, in eval too, and does not
 //!   save it. sinew anneals once per optimizer step
 //!   ([`AdapterModel::anneal_fusion_temperatures`]); a loaded model starts at `T = 50` as
@@ -28,10 +33,13 @@
 //!   that act.
 
 pub mod compose;
+pub mod delta;
 pub mod fusion;
+pub mod merge;
 pub mod model;
 pub mod setup;
 
 pub use fusion::{AdapterFusion, FusionConfig, FusionLayer, Semantics};
+pub use merge::{MergeMethod, MergeOptions};
 pub use model::{AdapterModel, AdapterOutput, HeadOutput};
 pub use setup::Setup;

@@ -22,7 +22,9 @@ use sinew_adapter::{
 };
 
 use crate::compose::{Composition, FusionAttentions, Registry};
+use crate::delta::{acts_in, DeltaFusion};
 use crate::fusion::{location, AdapterFusion, FusionConfig, FusionLayer, Semantics};
+use crate::merge::{merge_lora, MergeOptions};
 use crate::setup::Setup;
 
 /// The backbone with named adapters and heads.
@@ -274,8 +276,27 @@ impl<B: Backend> AdapterModel<B> {
         match setup {
             Setup::Adapter(_) => Ok(()),
             Setup::Stack(_) => walk(self, setup, true),
+            Setup::Fuse(_) if self.delta_fusion(setup).is_some() => Ok(()),
             _ => walk(self, setup, false),
         }
+    }
+
+    /// The adapters of a top-level `Fuse` of LoRA/IA3 adapters (a delta fusion), if `setup` is one.
+    fn delta_fusion<'s>(&self, setup: &'s Setup) -> Option<Vec<&'s str>> {
+        let Setup::Fuse(children) = setup else {
+            return None;
+        };
+        let names: Vec<&str> = children
+            .iter()
+            .map(|c| match c {
+                Setup::Adapter(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        names
+            .iter()
+            .all(|n| matches!(self.adapter(n), Some(Adapter::Lora(_))))
+            .then_some(names)
     }
 
     /// Trains adapter `name` and its head only: the backbone, every other adapter and head are
@@ -322,12 +343,15 @@ impl<B: Backend> AdapterModel<B> {
         layer: usize,
         site: sinew_backbone::SubLayer,
     ) -> bool {
-        adapters.iter().all(|n| {
-            matches!(
-                self.adapter_index(n).map(|i| &self.adapters[i]),
-                Ok(Adapter::Bottleneck(a)) if a.at(layer, site).is_some()
-            )
-        })
+        let fused: Vec<&Adapter<B>> = adapters
+            .iter()
+            .filter_map(|n| self.adapter_index(n).ok().map(|i| &self.adapters[i]))
+            .collect();
+        // Bottleneck fusion: where all the adapters sit; delta fusion: where any acts.
+        fused
+            .iter()
+            .all(|a| matches!(a, Adapter::Bottleneck(b) if b.at(layer, site).is_some()))
+            || fused.iter().any(|a| acts_in(a, layer, site))
     }
 
     fn insert_fusion(
@@ -336,12 +360,14 @@ impl<B: Backend> AdapterModel<B> {
         config: FusionConfig,
         fusion: AdapterFusion<B>,
     ) -> Result<String> {
+        let mut kinds = Vec::new();
         for name in &adapters {
             match self.adapter_index(name).map(|i| &self.adapters[i]) {
-                Ok(Adapter::Bottleneck(_)) => {}
+                Ok(Adapter::Bottleneck(_)) => kinds.push("bottleneck"),
+                Ok(Adapter::Lora(_)) => kinds.push("lora"),
                 Ok(_) => {
                     return Err(AdapterError::Input(format!(
-                        "fusion over `{name}`: AdapterFusion fuses bottleneck adapters"
+                        "fusion over `{name}`: sinew fuses bottleneck adapters, or LoRA/IA3 adapters (over their sub-layer deltas), not prefix or prompt tuning"
                     )))
                 }
                 Err(_) => {
@@ -350,6 +376,12 @@ impl<B: Backend> AdapterModel<B> {
                     )))
                 }
             }
+        }
+        if kinds.windows(2).any(|w| w[0] != w[1]) {
+            return Err(AdapterError::Input(format!(
+                "fusion over {}: bottleneck and LoRA/IA3 adapters fuse separately",
+                adapters.join(", ")
+            )));
         }
         let name = adapters.join(",");
         if self.fusion_specs.iter().any(|(n, _, _)| *n == name) {
@@ -383,7 +415,7 @@ impl<B: Backend> AdapterModel<B> {
         }
         let mut file = TensorFile::read(&weights_path(dir, "model_adapter_fusion"))?;
         let root = sinew_adapter::bottleneck::model_prefix(&self.config).to_string();
-        let fusion = AdapterFusion::build(
+        let mut fusion = AdapterFusion::build(
             &config,
             &self.config,
             |l, site| self.fused_site(&adapters, l, site),
@@ -397,15 +429,12 @@ impl<B: Backend> AdapterModel<B> {
         )?;
         // AdapterHub also builds (and saves) fusion layers where its adapters are left out,
         // which never act: read past them.
-        let unused: Vec<String> = file
-            .remaining()
-            .filter(|k| k.contains(&format!(".adapter_fusion_layer.{name}.")))
-            .map(str::to_string)
-            .collect();
-        for key in unused {
-            let shape = file.get(&key).expect("listed").shape.clone();
-            file.take(&key, &shape)?;
-        }
+        fusion.from_adapterhub = json
+            .get("version")
+            .and_then(Value::as_str)
+            .is_some_and(|v| v.starts_with("adapters"));
+        let unused = format!(".adapter_fusion_layer.{name}.");
+        file.skip(|key| key.contains(&unused));
         reject_leftovers(&file)?;
         let fusion_name = self.insert_fusion(adapters, config, fusion)?;
         if let Some(head) = read_head_config(dir, Some(&self.config))? {
@@ -540,6 +569,32 @@ impl<B: Backend> AdapterModel<B> {
         let saved = lora.merge_into(&mut self.backbone)?;
         self.merged = Some((name.to_string(), saved));
         Ok(())
+    }
+
+    /// Adds adapter `name`, the weight-space merge of LoRA (or IA3) adapters `inputs` (see
+    /// [`crate::merge`]); save it with [`save_adapter`](Self::save_adapter).
+    pub fn merge_loras(
+        &mut self,
+        name: &str,
+        inputs: &[&str],
+        options: &MergeOptions,
+        device: &B::Device,
+    ) -> Result<()> {
+        let mut loras = Vec::new();
+        for input in inputs {
+            let i = self.adapter_index(input)?;
+            match (&self.adapter_configs[i], &self.adapters[i]) {
+                (MethodConfig::Lora(c), Adapter::Lora(a)) => loras.push((c, a)),
+                _ => {
+                    return Err(AdapterError::Input(format!(
+                        "`{input}` is not a LoRA/IA3 adapter: only those merge in weight space"
+                    )))
+                }
+            }
+        }
+        let (config, adapter) =
+            merge_lora(&self.config, &loras, options, device).map_err(AdapterError::Input)?;
+        self.insert_adapter(name, MethodConfig::Lora(config), Adapter::Lora(adapter))
     }
 
     /// Replaces prefix-tuning adapter `name`'s reparameterisation MLP by the static prefixes it
@@ -687,6 +742,18 @@ impl<B: Backend> AdapterModel<B> {
             Some(Setup::Adapter(name)) => {
                 let mut adapter = &self.adapters[self.adapter_index(name)?];
                 self.backbone.forward_with(input, &mut adapter)
+            }
+            Some(setup) if self.delta_fusion(setup).is_some() => {
+                let names = self.delta_fusion(setup).expect("checked");
+                let name = Setup::fusion_name(setup.children());
+                let (_, fusion) = self
+                    .fusion(&name)
+                    .ok_or_else(|| AdapterError::Input(format!("no fusion `{name}` is loaded")))?;
+                let mut hooks = DeltaFusion::new(self, &names, fusion, self.semantics, attentions);
+                let encoded = self.backbone.forward_with(input, &mut hooks);
+                fusion_attentions = hooks.attentions;
+                // Every replica holds the fused states: keep the first.
+                slice_output(&encoded, 0..batch)
             }
             Some(setup) => {
                 check_sizes(setup, batch, seq)?;
