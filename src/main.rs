@@ -23,8 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Download and verify the default model (all-MiniLM-L6-v2) into $SINEW_HOME; prints its folder.
-    Fetch,
+    /// Download and verify the default model (all-MiniLM-L6-v2) into $SINEW_HOME, and with --task
+    /// the suite's datasets (split into $SINEW_HOME/data/<task>); prints what it prepared.
+    Fetch {
+        /// A task of the suite to fetch and split (repeatable; `all` for every task).
+        #[arg(long = "task")]
+        tasks: Vec<String>,
+        /// Seed of the train/dev/test splits.
+        #[arg(long, default_value_t = 13)]
+        seed: u64,
+    },
     /// Print what an adapter folder holds: method, config, parameter counts, head.
     Inspect {
         /// The adapter folder (AdapterHub layout).
@@ -121,9 +129,31 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Fetch => {
+        Command::Fetch { tasks, seed } => {
             let dir = assets::fetch_default_model()?;
             println!("{}", dir.display());
+            let all = tasks.iter().any(|t| t == "all");
+            let chosen: Vec<&sinew::trainer::tasks::Task> = if all {
+                sinew::trainer::tasks::TASKS.iter().collect()
+            } else {
+                tasks
+                    .iter()
+                    .map(|t| sinew::trainer::tasks::task(t))
+                    .collect::<Result<_, _>>()?
+            };
+            for task in chosen {
+                let manifest = sinew::trainer::data::prepare(task, seed)?;
+                let count = |s: &str| manifest.splits.get(s).map_or(0, |i| i.count);
+                println!(
+                    "{}: {} labels, train {} / dev {} / test {} ({})",
+                    task.name,
+                    manifest.labels.len(),
+                    count("train"),
+                    count("dev"),
+                    count("test"),
+                    sinew::trainer::data::task_dir(task.name).display()
+                );
+            }
         }
         Command::Inspect { dir } => print!("{}", sinew::inspect::describe(&dir)?),
         Command::Encode {

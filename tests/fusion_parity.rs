@@ -481,3 +481,72 @@ fn per_example_routing() {
     );
     assert!(model.forward_routed(&input, &["seq_a"]).is_err());
 }
+
+/// Routing under autodiff: each adapter's gradient comes from its own examples only — the same
+/// gradient as running that adapter alone on just those examples — and `train_fusion` with
+/// `unfreeze_adapters` trains the fused adapters too.
+#[test]
+fn routed_training_and_unfrozen_adapters() {
+    let dir = model_without_dropout();
+    let (mut model, input) = loaded::<A>(dir.path());
+    model.train_adapter("seq_a").unwrap();
+    let tasks = ["seq_b", "seq_a", "seq_b", "seq_a"];
+    let bias = |m: &AdapterModel<A>| {
+        let sinew::adapter::Adapter::Bottleneck(a) = &m.adapters[0] else {
+            panic!("seq_a is a bottleneck")
+        };
+        a.output[5]
+            .as_ref()
+            .unwrap()
+            .adapter_up
+            .bias
+            .clone()
+            .unwrap()
+    };
+    let routed = model.forward_routed(&input, &tasks).unwrap();
+    // Rows 1 and 3 are seq_a's examples; the head reads the first token, which padding does not
+    // reach, so a batch of just those two gives the same logits.
+    let logits = routed.logits.unwrap();
+    let rows = Tensor::cat(
+        vec![logits.clone().narrow(0, 1, 1), logits.narrow(0, 3, 1)],
+        0,
+    );
+    let grads = rows.sum().backward();
+    let routed_grad = values(bias(&model).grad(&grads).expect("seq_a is trained"));
+    let device = Default::default();
+    let index = Tensor::<A, 1, Int>::from_data(TensorData::new(vec![1i64, 3], [2]), &device);
+    let own = EncoderInput {
+        input_ids: input.input_ids.clone().select(0, index.clone()),
+        token_type_ids: input.token_type_ids.clone().select(0, index.clone()),
+        attention_mask: input.attention_mask.clone().select(0, index),
+    };
+    model.set_active(Some("seq_a")).unwrap();
+    let grads = model
+        .forward(&own)
+        .unwrap()
+        .logits
+        .unwrap()
+        .sum()
+        .backward();
+    let own_grad = values(bias(&model).grad(&grads).unwrap());
+    let diff = max_abs_diff(&routed_grad, &own_grad);
+    assert!(diff <= 1e-4, "routed gradient differs by {diff}");
+
+    model.train_fusion("seq_a,seq_b", true).unwrap();
+    let grads = model
+        .forward(&input)
+        .unwrap()
+        .logits
+        .unwrap()
+        .sum()
+        .backward();
+    assert!(
+        bias(&model).grad(&grads).is_some(),
+        "unfrozen adapters are trained"
+    );
+    let q = &model.backbone.encoder.layer[0]
+        .attention
+        .self_attention
+        .query;
+    assert!(q.weight.grad(&grads).is_none(), "the backbone stays frozen");
+}
