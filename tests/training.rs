@@ -11,7 +11,7 @@ use sinew::adapter::{HeadConfig, MethodConfig};
 use sinew::backbone::Pretrained;
 use sinew::backend::NdArrayBackend;
 use sinew::fusion::AdapterModel;
-use sinew::trainer::batching::tokenize;
+use sinew::trainer::batching::{tokenize, tokenize_cached};
 use sinew::trainer::metrics::scores;
 use sinew::trainer::tasks::parse_trec;
 use sinew::trainer::train::{predict, train_adapter, TrainConfig};
@@ -29,6 +29,19 @@ fn a_few_steps_lower_the_loss_and_leave_the_backbone_alone() {
     labels.sort();
     labels.dedup();
     let tokens = tokenize(&pretrained.tokenizer, &examples, &labels).unwrap();
+    // The cache gives back what tokenizing gives, and is rewritten when its key changes.
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("train.tokens.json");
+    let cached = tokenize_cached(&pretrained.tokenizer, &examples, &labels, &cache, "a").unwrap();
+    assert_eq!(cached, tokens);
+    assert_eq!(
+        tokenize_cached(&pretrained.tokenizer, &examples[..2], &labels, &cache, "a")
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(tokens[0].ids.first(), Some(&101), "[CLS] first, no padding");
+    assert!(tokens.iter().all(|t| t.ids.last() == Some(&102)));
     let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
     model
         .add_adapter(

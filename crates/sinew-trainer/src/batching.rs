@@ -84,17 +84,15 @@ pub fn tokenize_cached(
             }
         }
     }
-    let tokens = tokenize(tokenizer, examples, labels)?;
-    let json = serde_json::to_vec(&Cached {
+    let cached = Cached {
         key: key.to_string(),
-        tokens,
-    })
-    .expect("serialisable");
+        tokens: tokenize(tokenizer, examples, labels)?,
+    };
+    let json = serde_json::to_vec(&cached).expect("serialisable");
     sinew_backbone::files::write_atomic(cache, &json).map_err(|e| DataError::File {
         path: cache.display().to_string(),
         message: e.to_string(),
     })?;
-    let cached: Cached = serde_json::from_slice(&json).expect("just written");
     Ok(cached.tokens)
 }
 
