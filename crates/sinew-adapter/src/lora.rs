@@ -448,6 +448,21 @@ impl<B: Backend> LoraAdapter<B> {
         })
     }
 
+    /// `y`, the frozen projection of `x` at `site` of `layer`, with this adapter's update there
+    /// (if it has one).
+    pub fn update(
+        &self,
+        layer: usize,
+        site: Projection,
+        x: Tensor<B, 3>,
+        y: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        match self.at(layer, site) {
+            Some(update) => update.apply(x, y),
+            None => y,
+        }
+    }
+
     /// The update at projection `site` of `layer`, if any.
     pub fn at(&self, layer: usize, site: Projection) -> Option<&LoraSite<B>> {
         self.sites(site)?.get(layer).and_then(Option::as_ref)
@@ -521,9 +536,6 @@ impl<B: Backend> Hooks<B> for &LoraAdapter<B> {
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let y = linear.forward(x.clone());
-        match self.at(layer, site) {
-            Some(update) => update.apply(x, y),
-            None => y,
-        }
+        self.update(layer, site, x, y)
     }
 }

@@ -345,10 +345,7 @@ impl<B: Backend, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
     ) -> Tensor<B, 3> {
         let y = linear.forward(x.clone());
         self.others().fold(y, |y, a| match a {
-            Adapter::Lora(lora) => match lora.at(layer, site) {
-                Some(update) => update.apply(x.clone(), y),
-                None => y,
-            },
+            Adapter::Lora(lora) => lora.update(layer, site, x.clone(), y),
             _ => y,
         })
     }

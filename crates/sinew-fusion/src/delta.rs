@@ -104,10 +104,7 @@ impl<B: Backend> Hooks<B> for DeltaFusion<'_, B> {
         for (i, adapter) in self.adapters.iter().enumerate() {
             let (xi, yi) = (self.rows(x.clone(), i + 1), self.rows(y.clone(), i + 1));
             parts.push(match adapter {
-                Adapter::Lora(lora) => match lora.at(layer, site) {
-                    Some(update) => update.apply(xi, yi),
-                    None => yi,
-                },
+                Adapter::Lora(lora) => lora.update(layer, site, xi, yi),
                 _ => yi,
             });
         }
