@@ -48,6 +48,16 @@ macro_rules! backends {
             pub fn compiled() -> Vec<Self> {
                 vec![$( #[cfg(feature = $feature)] Self::$variant, )+]
             }
+
+            /// flex when compiled in (the fastest CPU backend here), else the first compiled.
+            pub fn fastest_cpu() -> Self {
+                let compiled = Self::compiled();
+                compiled
+                    .iter()
+                    .copied()
+                    .find(|b| format!("{b:?}") == "Flex")
+                    .unwrap_or(compiled[0])
+            }
         }
     };
 }

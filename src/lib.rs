@@ -7,7 +7,9 @@
 //! - [`encode`]: the `sinew encode` job;
 //! - [`inspect`]: `sinew inspect`, a summary of an adapter folder;
 //! - [`merge`]: the `sinew merge` job;
-//! - [`plot`]: pictures (the fusion-attention heatmap).
+//! - [`run`]: `sinew train`, `fuse`, `eval` and `predict` (run specs, run folders);
+//! - [`demo`]: `sinew demo`, the main job;
+//! - [`plot`]: pictures (the fusion-attention heatmap, training curves, accuracy bars).
 
 pub use sinew_adapter as adapter;
 pub use sinew_backbone as backbone;
@@ -15,7 +17,9 @@ pub use sinew_fusion as fusion;
 pub use sinew_trainer as trainer;
 
 pub mod backend;
+pub mod demo;
 pub mod encode;
 pub mod inspect;
 pub mod merge;
 pub mod plot;
+pub mod run;

@@ -6,9 +6,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sinew::backbone::assets;
 use sinew::backend::BackendKind;
+use sinew::demo::Demo;
 use sinew::encode::EncodeJob;
 use sinew::fusion::{MergeMethod, MergeOptions};
 use sinew::merge::MergeJob;
+use sinew::run::{DataSpec, EvalJob, Method, PredictJob, RunSpec, TrainJob};
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +79,56 @@ enum Command {
         #[arg(long)]
         fusion_plot: Option<PathBuf>,
     },
+    /// The main job: train adapters on a few suite tasks, fuse them for a low-resource target,
+    /// and print head-only / ST-A / fusion test accuracy (with pictures).
+    Demo(Demo),
+    /// Train adapters (one task: ST-A; several: MT-A), a head on the frozen backbone, or the
+    /// whole model, on a suite task or your own CSV/TSV/JSONL file.
+    Train(TrainArgs),
+    /// Train an AdapterFusion of trained adapters (AdapterFusion's stage two) on a task.
+    Fuse(TrainArgs),
+    /// Score a trained run on a task's test (or dev) split, or on a labelled file.
+    Eval {
+        /// The run folder (`sinew train --out`).
+        #[arg(long)]
+        run: PathBuf,
+        /// Which of the run's tasks (default: its first).
+        #[arg(long)]
+        task: Option<String>,
+        /// `test` or `dev`.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// A labelled file to score instead (same columns as the run's data).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Texts per forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Burn backend to run on.
+        #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
+        backend: BackendKind,
+    },
+    /// Label every line of a text file with a trained run (JSONL: text, label, probabilities).
+    Predict {
+        /// The run folder.
+        #[arg(long)]
+        run: PathBuf,
+        /// Which of the run's tasks (default: its first).
+        #[arg(long)]
+        task: Option<String>,
+        /// One text per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where the JSONL goes.
+        #[arg(long)]
+        output: PathBuf,
+        /// Texts per forward pass.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Burn backend to run on.
+        #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
+        backend: BackendKind,
+    },
     /// Merge LoRA (or IA3) adapters in weight space into a new adapter folder.
     Merge {
         /// HF model folder the adapters belong to; default: all-MiniLM-L6-v2.
@@ -110,6 +162,182 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
         backend: BackendKind,
     },
+}
+
+/// What `sinew train` and `sinew fuse` take; flags override the run file.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// A TOML or JSON run file (see README); the flags below override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A suite task (repeatable: several train jointly, MT-A).
+    #[arg(long = "task")]
+    tasks: Vec<String>,
+    /// The suite's training split: train, train_100 or train_500.
+    #[arg(long)]
+    split: Option<String>,
+    /// Your training file (.csv, .tsv, .jsonl) instead of a suite task.
+    #[arg(long)]
+    train: Option<PathBuf>,
+    /// Your dev file (default: 10% of --train).
+    #[arg(long)]
+    dev: Option<PathBuf>,
+    /// Your test file.
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// The text column of your files.
+    #[arg(long, default_value = "text")]
+    text_col: String,
+    /// The second-text column, for sentence pairs.
+    #[arg(long)]
+    pair_col: Option<String>,
+    /// The label column of your files.
+    #[arg(long, default_value = "label")]
+    label_col: String,
+    /// Name of your data's task (adapter and head name).
+    #[arg(long, default_value = "task")]
+    name: String,
+    /// Skip (and count) malformed rows instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Keep at most N training examples.
+    #[arg(long)]
+    max_train: Option<usize>,
+    /// Keep at most N dev/test examples.
+    #[arg(long)]
+    max_eval: Option<usize>,
+    /// adapter, head or full (`sinew train`; `sinew fuse` is always fusion).
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    /// Adapter config: seq_bn, double_seq_bn, par_bn, scaled_par_bn, lora, ia3, prefix_tuning,
+    /// prompt_tuning, or a JSON config file.
+    #[arg(long)]
+    adapter_config: Option<String>,
+    /// Adapter folders to fuse (repeatable; `sinew fuse`).
+    #[arg(long = "adapter")]
+    adapters: Vec<PathBuf>,
+    /// dynamic or static fusion.
+    #[arg(long)]
+    fusion: Option<String>,
+    /// Train the fused adapters too.
+    #[arg(long)]
+    unfreeze_adapters: bool,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Examples per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Truncate texts at N tokens.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Stop after N steps with a checkpoint (finish later with --resume).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// HF model folder (default: all-MiniLM-L6-v2).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The run folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Burn backend to run on (default: flex when compiled in).
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+}
+
+impl TrainArgs {
+    /// The run: the file's, with the flags given on top.
+    fn spec(&self, fuse: bool) -> anyhow::Result<RunSpec> {
+        let mut spec = match &self.config {
+            Some(path) => RunSpec::from_file(path)?,
+            None => RunSpec::default(),
+        };
+        let data = |task: String| DataSpec {
+            task,
+            split: self.split.clone().unwrap_or_else(|| "train".into()),
+            max_train: self.max_train,
+            max_eval: self.max_eval,
+            ..DataSpec::default()
+        };
+        if let Some(file) = &self.train {
+            spec.tasks = vec![DataSpec {
+                train_file: Some(file.clone()),
+                dev_file: self.dev.clone(),
+                test_file: self.test.clone(),
+                text_col: self.text_col.clone(),
+                pair_col: self.pair_col.clone(),
+                label_col: self.label_col.clone(),
+                skip_bad: self.skip_bad,
+                ..data(self.name.clone())
+            }];
+        } else if !self.tasks.is_empty() {
+            spec.tasks = self.tasks.iter().cloned().map(data).collect();
+        }
+        if fuse {
+            spec.method = Method::Fusion;
+        } else if let Some(method) = self.method {
+            if method == Method::Fusion {
+                anyhow::bail!("use `sinew fuse` to train a fusion");
+            }
+            spec.method = method;
+        }
+        if !self.adapters.is_empty() {
+            spec.fuse = self.adapters.clone();
+        }
+        let t = &mut spec.train;
+        t.epochs = self.epochs.unwrap_or(t.epochs);
+        t.batch_size = self.batch_size.unwrap_or(t.batch_size);
+        t.learning_rate = self.lr.unwrap_or(t.learning_rate);
+        t.seed = self.seed.unwrap_or(t.seed);
+        t.stop_after = self.stop_after.or(t.stop_after);
+        spec.adapter = self.adapter_config.clone().unwrap_or(spec.adapter);
+        spec.fusion = self.fusion.clone().unwrap_or(spec.fusion);
+        spec.unfreeze_adapters |= self.unfreeze_adapters;
+        spec.max_len = self.max_len.unwrap_or(spec.max_len);
+        spec.model = self.model.clone().or(spec.model);
+        Ok(spec)
+    }
+
+    fn run(self, fuse: bool) -> anyhow::Result<()> {
+        let spec = self.spec(fuse)?;
+        let job = TrainJob {
+            label: spec
+                .tasks
+                .iter()
+                .map(|t| t.task.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            spec,
+            out: self.out.clone(),
+            resume: self.resume,
+        };
+        let results = self
+            .backend
+            .unwrap_or_else(BackendKind::fastest_cpu)
+            .run(job)?;
+        for r in &results {
+            let test = r.test.map_or("no test split".to_string(), |s| {
+                format!(
+                    "test accuracy {:.4}, macro-F1 {:.4}, MCC {:.4}",
+                    s.accuracy, s.macro_f1, s.mcc
+                )
+            });
+            println!("{}: dev accuracy {:.4}; {test}", r.task, r.dev.accuracy);
+        }
+        if !results.is_empty() {
+            eprintln!("wrote {}", self.out.display());
+        }
+        Ok(())
+    }
 }
 
 fn main() {
@@ -154,6 +382,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     sinew::trainer::data::task_dir(task.name).display()
                 );
             }
+        }
+        Command::Demo(demo) => {
+            demo.run_all()?;
+        }
+        Command::Train(args) => args.run(false)?,
+        Command::Fuse(args) => args.run(true)?,
+        Command::Eval {
+            run,
+            task,
+            split,
+            file,
+            batch_size,
+            backend,
+        } => {
+            let (task, n, s) = backend.run(EvalJob {
+                run,
+                task,
+                split,
+                file,
+                batch_size,
+            })?;
+            println!(
+                "{task}: {n} examples: accuracy {:.4}, macro-F1 {:.4}, MCC {:.4}",
+                s.accuracy, s.macro_f1, s.mcc
+            );
+        }
+        Command::Predict {
+            run,
+            task,
+            input,
+            output,
+            batch_size,
+            backend,
+        } => {
+            let n = backend.run(PredictJob {
+                run,
+                task,
+                input,
+                output: output.clone(),
+                batch_size,
+            })?;
+            eprintln!("labelled {n} texts into {}", output.display());
         }
         Command::Inspect { dir } => print!("{}", sinew::inspect::describe(&dir)?),
         Command::Encode {

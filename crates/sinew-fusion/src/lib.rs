@@ -41,5 +41,5 @@ pub mod setup;
 
 pub use fusion::{AdapterFusion, FusionConfig, FusionLayer, Semantics};
 pub use merge::{MergeMethod, MergeOptions};
-pub use model::{AdapterModel, AdapterOutput, HeadOutput};
+pub use model::{AdapterModel, AdapterOutput, HeadOutput, TrainedParts, TrainedPartsRecord};
 pub use setup::Setup;

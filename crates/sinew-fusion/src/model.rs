@@ -53,11 +53,27 @@ pub struct AdapterModel<B: Backend> {
     fusion_specs: Vec<(String, Vec<String>, FusionConfig)>,
     #[module(skip)]
     active: Option<Setup>,
+    /// The head used when no adapter is active (head-only and fully fine-tuned models).
+    #[module(skip)]
+    bare_head: Option<String>,
     #[module(skip)]
     semantics: Semantics,
     /// The merged adapter and the backbone projections its merge replaced.
     #[module(skip)]
     merged: Option<(String, Vec<sinew_adapter::lora::SavedProjection>)>,
+}
+
+/// The parts of an [`AdapterModel`] that train, slot for slot (`None`: frozen).
+#[derive(Module, Debug)]
+pub struct TrainedParts<B: Backend> {
+    /// The backbone, when fine-tuned.
+    pub backbone: Option<Bert<B>>,
+    /// Adapters, in the model's order.
+    pub adapters: Vec<Option<Adapter<B>>>,
+    /// Heads, in the model's order.
+    pub heads: Vec<Option<ClassificationHead<B>>>,
+    /// Fusions, in the model's order.
+    pub fusions: Vec<Option<AdapterFusion<B>>>,
 }
 
 /// The logits of one head of the active setup.
@@ -103,6 +119,7 @@ impl<B: Backend> AdapterModel<B> {
             head_configs: Vec::new(),
             fusion_specs: Vec::new(),
             active: None,
+            bare_head: None,
             semantics: Semantics::default(),
             merged: None,
         }
@@ -302,21 +319,104 @@ impl<B: Backend> AdapterModel<B> {
     /// Trains adapter `name` and its head only: the backbone, every other adapter and head are
     /// frozen, so autodiff computes no gradient for them. Also makes `name` the active adapter.
     pub fn train_adapter(&mut self, name: &str) -> Result<()> {
-        self.adapter_index(name)?;
-        self.backbone = set_trainable(self.backbone.clone(), false);
+        self.train_adapters(&[name])?;
+        self.set_active(Some(name))
+    }
+
+    /// Trains adapters `names` and their heads (multi-task training: route each example with
+    /// [`forward_routed`](Self::forward_routed)); everything else is frozen.
+    pub fn train_adapters(&mut self, names: &[&str]) -> Result<()> {
+        for name in names {
+            self.adapter_index(name)?;
+        }
+        self.freeze_all();
         let adapters = std::mem::take(&mut self.adapters);
         self.adapters = adapters
             .into_iter()
             .zip(&self.adapter_names)
-            .map(|(adapter, n)| set_trainable(adapter, n == name))
+            .map(|(adapter, n)| set_trainable(adapter, names.contains(&n.as_str())))
             .collect();
+        self.set_heads_trainable(names);
+        Ok(())
+    }
+
+    /// Trains head `name` on the bare backbone — no adapter is active — and, with
+    /// `with_backbone`, the backbone too (full fine-tuning): the two baselines of adapters.
+    pub fn train_head(&mut self, name: &str, with_backbone: bool) -> Result<()> {
+        self.use_bare_head(Some(name))?;
+        self.freeze_all();
+        self.backbone = set_trainable(self.backbone.clone(), with_backbone);
+        self.set_heads_trainable(&[name]);
+        Ok(())
+    }
+
+    /// Head `name` predicts from the bare backbone (`None`: no head), and no adapter is active.
+    pub fn use_bare_head(&mut self, name: Option<&str>) -> Result<()> {
+        if let Some(name) = name {
+            Self::index_of(&self.head_names, name)
+                .ok_or_else(|| AdapterError::Input(format!("no head `{name}` is loaded")))?;
+        }
+        self.active = None;
+        self.bare_head = name.map(str::to_string);
+        Ok(())
+    }
+
+    fn freeze_all(&mut self) {
+        *self = set_trainable(self.clone(), false);
+    }
+
+    fn set_heads_trainable(&mut self, names: &[&str]) {
         let heads = std::mem::take(&mut self.heads);
         self.heads = heads
             .into_iter()
             .zip(&self.head_names)
-            .map(|(head, n)| set_trainable(head, n == name))
+            .map(|(head, n)| set_trainable(head, names.contains(&n.as_str())))
             .collect();
-        self.set_active(Some(name))
+    }
+
+    /// The modules with a trainable parameter (the others are `None`): what a checkpoint keeps.
+    pub fn trained_parts(&self) -> TrainedParts<B> {
+        fn keep<B: Backend, M: Module<B> + Clone>(m: &M) -> Option<M> {
+            let mut counter = ParamCounter::default();
+            m.visit(&mut counter);
+            (counter.trainable > 0).then(|| m.clone())
+        }
+        TrainedParts {
+            backbone: keep(&self.backbone),
+            adapters: self.adapters.iter().map(keep).collect(),
+            heads: self.heads.iter().map(keep).collect(),
+            fusions: self.fusions.iter().map(keep).collect(),
+        }
+    }
+
+    /// Puts saved [`trained_parts`](Self::trained_parts) back (each keeps whether it trains);
+    /// the model must hold the same adapters, heads and fusions, in the same order.
+    pub fn restore_parts(&mut self, parts: TrainedPartsRecord<B>) -> Result<()> {
+        fn put<B: Backend, M: Module<B> + Clone>(
+            what: &str,
+            slots: &mut [M],
+            saved: Vec<Option<M::Record>>,
+        ) -> Result<()> {
+            if saved.len() != slots.len() {
+                return Err(AdapterError::Input(format!(
+                    "the checkpoint has {} {what}, the model {}",
+                    saved.len(),
+                    slots.len()
+                )));
+            }
+            for (slot, record) in slots.iter_mut().zip(saved) {
+                if let Some(record) = record {
+                    *slot = slot.clone().load_record(record);
+                }
+            }
+            Ok(())
+        }
+        if let Some(record) = parts.backbone {
+            self.backbone = self.backbone.clone().load_record(record);
+        }
+        put("adapters", &mut self.adapters, parts.adapters)?;
+        put("heads", &mut self.heads, parts.heads)?;
+        put("fusions", &mut self.fusions, parts.fusions)
     }
 
     /// Adds a new fusion of `adapters` (already loaded, in this order), named `a,b,c` as in
@@ -499,7 +599,7 @@ impl<B: Backend> AdapterModel<B> {
     pub fn train_fusion(&mut self, name: &str, unfreeze_adapters: bool) -> Result<()> {
         let index = self.fusion_index(name)?;
         let fused = self.fusion_specs[index].1.clone();
-        self.backbone = set_trainable(self.backbone.clone(), false);
+        self.freeze_all();
         let adapters = std::mem::take(&mut self.adapters);
         self.adapters = adapters
             .into_iter()
@@ -512,12 +612,7 @@ impl<B: Backend> AdapterModel<B> {
             .enumerate()
             .map(|(i, f)| set_trainable(f, i == index))
             .collect();
-        let heads = std::mem::take(&mut self.heads);
-        self.heads = heads
-            .into_iter()
-            .zip(&self.head_names)
-            .map(|(h, n)| set_trainable(h, n == name))
-            .collect();
+        self.set_heads_trainable(&[name]);
         self.set_active(Some(&format!("Fuse({})", fused.join(", "))))
     }
 
@@ -802,7 +897,15 @@ impl<B: Backend> AdapterModel<B> {
         batch: usize,
     ) -> Result<Vec<HeadOutput<B>>> {
         let Some(setup) = setup else {
-            return Ok(Vec::new());
+            let Some(name) = &self.bare_head else {
+                return Ok(Vec::new());
+            };
+            let i = Self::index_of(&self.head_names, name).expect("checked by use_bare_head");
+            return Ok(vec![HeadOutput {
+                name: name.clone(),
+                examples: (0..batch).collect(),
+                logits: self.heads[i].forward(encoded)?,
+            }]);
         };
         let last = match setup {
             Setup::Stack(children) => children.last().expect("non-empty"),

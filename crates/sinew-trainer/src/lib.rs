@@ -4,14 +4,17 @@
 //! - [`data`]: fetching a task, seeded stratified splits, low-resource variants, the manifest;
 //! - [`table`]: users' own CSV/TSV/JSONL data;
 //! - [`batching`]: tokenize once (cached), length buckets, per-batch padding;
-//! - [`train`]: the single-task adapter loop (AdamW, warmup/decay, clipping, early stopping);
+//! - [`train`]: the training loop for every regime — ST-A, MT-A, fusion, head-only, full
+//!   fine-tuning (AdamW, warmup/decay, clipping, early stopping, best epoch kept);
+//! - [`checkpoint`]: what trains plus optimizer state and progress, one atomic file, exact resume;
+//! - [`monitor`]: the progress bar and the JSONL metrics log;
 //! - [`metrics`]: accuracy, macro-F1, MCC.
-//!
-//! Multi-task and fusion loops, checkpoints with resume and `sinew demo` are the next step.
 
 pub mod batching;
+pub mod checkpoint;
 pub mod data;
 pub mod metrics;
+pub mod monitor;
 pub mod table;
 pub mod tasks;
 pub mod train;

@@ -12,6 +12,18 @@ pub struct Scores {
     pub mcc: f64,
 }
 
+impl Scores {
+    /// The mean of each metric over several evaluations (e.g. the tasks of a multi-task run).
+    pub fn mean(all: &[Scores]) -> Scores {
+        let n = all.len().max(1) as f64;
+        Scores {
+            accuracy: all.iter().map(|s| s.accuracy).sum::<f64>() / n,
+            macro_f1: all.iter().map(|s| s.macro_f1).sum::<f64>() / n,
+            mcc: all.iter().map(|s| s.mcc).sum::<f64>() / n,
+        }
+    }
+}
+
 /// Scores of `predicted` against `gold` over `classes` labels.
 pub fn scores(gold: &[usize], predicted: &[usize], classes: usize) -> Scores {
     assert_eq!(gold.len(), predicted.len(), "one prediction per example");

@@ -1,0 +1,272 @@
+//! `sinew train`, `eval`, `predict` and `--resume` end to end on a user's CSV (the real SMS-spam
+//! excerpt): the run folder holds what the README says, the AdapterHub folder it writes carries
+//! the trained weights (`sinew encode --adapter` predicts what `predict` does), `eval` scores what
+//! `predict` labels, and bad input gets one error line naming the file, key or flag.
+
+mod common;
+
+use common::{error_line, fixture_path, model_dir, sinew};
+
+fn train_args<'a>(csv: &'a str, model: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--train",
+        csv,
+        "--dev",
+        csv,
+        "--text-col",
+        "text",
+        "--label-col",
+        "spam",
+        "--name",
+        "sms",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-len",
+        "32",
+        "--lr",
+        "3e-3",
+        "--backend",
+        "ndarray",
+        "--model",
+        model,
+        "--out",
+        out,
+    ]
+}
+
+/// The model folder, the CSV, and a scratch folder with the run's path in it.
+fn setup() -> (String, String, tempfile::TempDir, std::path::PathBuf) {
+    let model = model_dir().to_str().unwrap().to_string();
+    let csv = fixture_path("data/sms-spam.csv")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    (model, csv, dir, out)
+}
+
+#[test]
+fn train_eval_predict_and_resume() {
+    let (model, csv, dir, out) = setup();
+    let (model, csv, out_s) = (model.as_str(), csv.as_str(), out.to_str().unwrap());
+
+    // Stop after one step, then resume to the end.
+    let mut args = train_args(csv, model, out_s);
+    args.extend(["--stop-after", "1"]);
+    let first = sinew(&args);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(out.join("checkpoint.zip").is_file() && !out.join("results.json").exists());
+    // Without --resume an existing checkpoint is not overwritten.
+    let refused = sinew(&train_args(csv, model, out_s));
+    let line = error_line(&refused);
+    assert!(
+        line.contains("checkpoint.zip") && line.contains("--resume"),
+        "{line}"
+    );
+    let mut args = train_args(csv, model, out_s);
+    args.push("--resume");
+    let resumed = sinew(&args);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+
+    // 5 examples in batches of 2: 3 steps per epoch; one JSONL line per step (the step before the
+    // stop logged once, the rest after resuming) and per epoch.
+    for file in [
+        "run.json",
+        "parts.bin",
+        "results.json",
+        "loss.png",
+        "dev.png",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let kinds: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "\"step\"").count(),
+        6,
+        "{log}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "\"epoch\"").count(),
+        2,
+        "{log}"
+    );
+    assert!(out.join("sms/adapter_config.json").is_file());
+    assert!(out.join("sms/head_config.json").is_file());
+
+    // predict, from parts.bin, on the texts of the CSV.
+    let texts = dir.path().join("texts.txt");
+    let rows: Vec<(String, String)> = {
+        let mut reader = csv::Reader::from_path(csv).unwrap();
+        reader
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (r[2].to_string(), r[1].to_string())
+            })
+            .collect()
+    };
+    let body: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    std::fs::write(&texts, body.join("\n")).unwrap();
+    let predictions = dir.path().join("p.jsonl");
+    let predicted = sinew(&[
+        "predict",
+        "--run",
+        out_s,
+        "--input",
+        texts.to_str().unwrap(),
+        "--output",
+        predictions.to_str().unwrap(),
+        "--backend",
+        "ndarray",
+    ]);
+    assert!(
+        predicted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&predicted.stderr)
+    );
+    let labels: Vec<(String, f64)> = std::fs::read_to_string(&predictions)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let label = v["label"].as_str().unwrap().to_string();
+            let p: f64 = v["probabilities"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|p| p.as_f64().unwrap())
+                .sum();
+            (label, p)
+        })
+        .collect();
+    assert_eq!(labels.len(), rows.len());
+    assert!(
+        labels.iter().all(|(_, p)| (p - 1.0).abs() < 1e-5),
+        "probabilities sum to 1"
+    );
+
+    // eval scores exactly those predictions against the CSV's labels.
+    let correct = labels
+        .iter()
+        .zip(&rows)
+        .filter(|((p, _), (_, gold))| p == gold)
+        .count();
+    let evaluated = sinew(&[
+        "eval",
+        "--run",
+        out_s,
+        "--file",
+        csv,
+        "--backend",
+        "ndarray",
+    ]);
+    assert!(
+        evaluated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&evaluated.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&evaluated.stdout);
+    let want = format!("accuracy {:.4}", correct as f64 / rows.len() as f64);
+    assert!(stdout.contains(&want), "{stdout} vs {want}");
+
+    // The AdapterHub folder the run wrote gives the same labels through `sinew encode`.
+    let encoded = dir.path().join("e.json");
+    let enc = sinew(&[
+        "encode",
+        "--model",
+        model,
+        "--input",
+        texts.to_str().unwrap(),
+        "--output",
+        encoded.to_str().unwrap(),
+        "--adapter",
+        out.join("sms").to_str().unwrap(),
+        "--backend",
+        "ndarray",
+    ]);
+    assert!(
+        enc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&enc.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&encoded).unwrap()).unwrap();
+    let head: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sms/head_config.json")).unwrap())
+            .unwrap();
+    let id2label = &head["config"]["label2id"];
+    for (row, (label, _)) in json["logits"].as_array().unwrap().iter().zip(&labels) {
+        let row: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let best = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        assert_eq!(id2label[label].as_u64(), Some(best as u64));
+    }
+}
+
+#[test]
+fn bad_input_gets_one_line_naming_it() {
+    let (model, csv, dir, out) = setup();
+    let (model, csv, out) = (model.as_str(), csv.as_str(), out.to_str().unwrap());
+
+    // A label column the file does not have.
+    let mut args = train_args(csv, model, out);
+    let at = args.iter().position(|a| *a == "spam").unwrap();
+    args[at] = "category";
+    let line = error_line(&sinew(&args));
+    assert!(
+        line.contains("sms-spam.csv") && line.contains("category"),
+        "{line}"
+    );
+
+    // A run file with a key sinew does not know.
+    let run_file = dir.path().join("run.toml");
+    std::fs::write(&run_file, "method = \"adapter\"\nepochs = 3\n").unwrap();
+    let line = error_line(&sinew(&[
+        "train",
+        "--config",
+        run_file.to_str().unwrap(),
+        "--task",
+        "trec",
+        "--out",
+        out,
+    ]));
+    assert!(
+        line.contains("run.toml") && line.contains("epochs"),
+        "{line}"
+    );
+
+    // An adapter config that is neither a preset nor a file.
+    let mut args = train_args(csv, model, out);
+    args.extend(["--adapter-config", "houlsby_typo"]);
+    let line = error_line(&sinew(&args));
+    assert!(
+        line.contains("houlsby_typo") && line.contains("seq_bn"),
+        "{line}"
+    );
+
+    // eval of a folder that is not a finished run.
+    let line = error_line(&sinew(&["eval", "--run", dir.path().to_str().unwrap()]));
+    assert!(line.contains("run.json"), "{line}");
+}
