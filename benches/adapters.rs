@@ -79,7 +79,7 @@ fn step<B: AutodiffBackend, O: Optimizer<AdapterModel<B>, B>>(
     model: AdapterModel<B>,
     optimizer: &mut O,
     input: &EncoderInput<B>,
-) -> AdapterModel<B> {
+) -> (AdapterModel<B>, B::FloatElem) {
     let device = input.input_ids.device();
     let [batch, _] = input.input_ids.dims();
     let targets = Tensor::<B, 1, Int>::from_data(
@@ -96,13 +96,31 @@ fn step<B: AutodiffBackend, O: Optimizer<AdapterModel<B>, B>>(
     if let Some(reg) = model.fusion_regularization_loss() {
         loss = loss + reg;
     }
+    // Reading the loss back makes lazy backends finish this step's forward; the backward and
+    // the update are finished by the next step, whose forward reads the updated weights.
+    let value = loss.clone().into_scalar();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
-    optimizer.step(1e-4, model, grads)
+    (optimizer.step(1e-4, model, grads), value)
+}
+
+/// A criterion group of `batch` elements per call: 10 samples, 1 s warm-up, 10 s measurement
+/// (calls take seconds).
+fn group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    batch: usize,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(batch as u64));
+    group.sample_size(10);
+    group.warm_up_time(std::time::Duration::from_secs(1));
+    group.measurement_time(std::time::Duration::from_secs(10));
+    group
 }
 
 fn train_step<B: AutodiffBackend>(
     c: &mut Criterion,
-    group: &str,
+    name: &str,
     id: BenchmarkId,
     model: AdapterModel<B>,
     input: EncoderInput<B>,
@@ -110,17 +128,12 @@ fn train_step<B: AutodiffBackend>(
     let [batch, _] = input.input_ids.dims();
     let mut optimizer = AdamWConfig::new().init::<B, AdapterModel<B>>();
     let mut model = Some(model);
-    let mut group = c.benchmark_group(group);
-    group.throughput(Throughput::Elements(batch as u64));
-    group.sample_size(10);
-    group.warm_up_time(std::time::Duration::from_secs(1));
-    group.measurement_time(std::time::Duration::from_secs(10));
+    let mut group = group(c, name, batch);
     group.bench_function(id, |b| {
         b.iter(|| {
-            let next = step(model.take().unwrap(), &mut optimizer, &input);
-            // Reading a weight back forces lazy backends to finish the step.
-            let _ = next.heads[0].clone().valid().num_params();
+            let (next, loss) = step(model.take().unwrap(), &mut optimizer, &input);
             model = Some(next);
+            loss
         })
     });
     group.finish();
@@ -128,17 +141,13 @@ fn train_step<B: AutodiffBackend>(
 
 fn inference<B: Backend>(
     c: &mut Criterion,
-    group: &str,
+    name: &str,
     id: BenchmarkId,
     model: &AdapterModel<B>,
     input: &EncoderInput<B>,
 ) {
     let [batch, _] = input.input_ids.dims();
-    let mut group = c.benchmark_group(group);
-    group.throughput(Throughput::Elements(batch as u64));
-    group.sample_size(10);
-    group.warm_up_time(std::time::Duration::from_secs(1));
-    group.measurement_time(std::time::Duration::from_secs(10));
+    let mut group = group(c, name, batch);
     group.bench_function(id, |b| {
         b.iter(|| {
             model
