@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::{BertConfig, Hooks, SubLayer};
+use sinew_backbone::{linear_flat, BertConfig, Hooks, SubLayer};
 
 use crate::activation::Activation;
 use crate::method::{Method, MethodSpec};
@@ -542,8 +542,8 @@ impl<B: Backend> Bottleneck<B> {
             Some(norm) => norm.forward(x.clone()),
             None => x.clone(),
         };
-        let down = b.activation.forward(self.adapter_down.forward(inner));
-        let up = self.adapter_up.forward(down);
+        let down = b.activation.forward(linear_flat(&self.adapter_down, inner));
+        let up = linear_flat(&self.adapter_up, down);
         let up = match &self.scaling {
             Some(s) => up * s.val().unsqueeze::<3>(),
             None => up * b.fixed_scaling,
@@ -551,7 +551,7 @@ impl<B: Backend> Bottleneck<B> {
         let mut out = self.dropout.forward(up.clone());
         if let Some(gate) = &self.gate {
             // Mean of the per-token gates over the sequence: one gate per example.
-            let g = sigmoid(gate.forward(x)).mean_dim(1);
+            let g = sigmoid(linear_flat(gate, x)).mean_dim(1);
             out = out * g;
         }
         if b.is_parallel {

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::{Bert, BertConfig, Hooks, Projection};
+use sinew_backbone::{linear_flat, Bert, BertConfig, Hooks, Projection};
 
 use crate::bottleneck::model_prefix;
 use crate::error::{AdapterError, Result};
@@ -287,7 +287,7 @@ impl<B: Backend> LoraSite<B> {
     pub fn apply(&self, x: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
         let factor = |t: Tensor<B, 3>| match &self.gate {
             // One gate per example: the mean over the sequence of the per-token gates.
-            Some(gate) => t * sigmoid(gate.forward(x.clone())).mean_dim(1),
+            Some(gate) => t * sigmoid(linear_flat(gate, x.clone())).mean_dim(1),
             None => t * self.scaling,
         };
         match &self.lora_a {
@@ -535,7 +535,7 @@ impl<B: Backend> Hooks<B> for &LoraAdapter<B> {
         linear: &Linear<B>,
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let y = linear.forward(x.clone());
+        let y = linear_flat(linear, x.clone());
         self.update(layer, site, x, y)
     }
 }

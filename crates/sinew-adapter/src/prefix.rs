@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::{AttentionKv, BertConfig, Hooks};
+use sinew_backbone::{linear_flat, AttentionKv, BertConfig, Hooks};
 
 use crate::activation::Activation;
 use crate::bottleneck::model_prefix;
@@ -376,7 +376,7 @@ impl<B: Backend> Hooks<B> for &PrefixTuning<B> {
         let (mut key, mut value) = (per_example(key), per_example(value));
         if let Some(gate) = self.gates.get(layer).and_then(Option::as_ref) {
             // AdapterHub: the mean over positions (padding included) of σ(gate(input)).
-            let scores = sigmoid(gate.forward(kv.input.clone())).mean_dim(1);
+            let scores = sigmoid(linear_flat(gate, kv.input.clone())).mean_dim(1);
             let [_, _, outputs] = scores.dims();
             let factor = |i: usize| {
                 scores

@@ -78,7 +78,7 @@ pub trait Hooks<B: Backend> {
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let _ = (layer, site);
-        linear.forward(x)
+        crate::model::linear_flat(linear, x)
     }
 
     /// Keys, values and mask of layer `layer` just before the attention scores are computed.

@@ -369,6 +369,27 @@ pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
+/// `linear` over the last dimension of `x`, as one 2-D product. Burn's `Linear::forward` on a
+/// `[batch, seq, in]` input differentiates the weight as one `in × out` product per leading index,
+/// summed afterwards (for a fusion's `[batch, seq, adapters, in]` keys: batch·seq of them, gigabytes
+/// of temporaries); with the leading dimensions flattened it is a single GEMM. Without autodiff
+/// there is no weight gradient, and the input is passed as it is (the flattening reshapes cost
+/// more than they save there).
+pub fn linear_flat<B: Backend, const D: usize>(
+    linear: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    if D <= 2 || !B::ad_enabled(&x.device()) {
+        return linear.forward(x);
+    }
+    let mut dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product();
+    let y = linear.forward(x.reshape([rows, d_in]));
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
+}
+
 /// A hook that replicated the batch (AdapterHub's `Parallel`) makes the mask follow.
 fn repeat_to_batch<B: Backend>(keep: Tensor<B, 2>, batch: usize) -> Tensor<B, 2> {
     let current = keep.dims()[0];

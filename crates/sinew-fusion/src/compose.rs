@@ -7,7 +7,7 @@ use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use sinew_adapter::bottleneck::Bottleneck;
 use sinew_adapter::Adapter;
-use sinew_backbone::{AttentionKv, Hooks, Projection, SubLayer};
+use sinew_backbone::{linear_flat, AttentionKv, Hooks, Projection, SubLayer};
 
 use crate::fusion::{AdapterFusion, FusionConfig, Semantics};
 use crate::setup::Setup;
@@ -343,7 +343,7 @@ impl<B: Backend, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
         linear: &Linear<B>,
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let y = linear.forward(x.clone());
+        let y = linear_flat(linear, x.clone());
         self.others().fold(y, |y, a| match a {
             Adapter::Lora(lora) => lora.update(layer, site, x.clone(), y),
             _ => y,

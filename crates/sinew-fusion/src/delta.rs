@@ -14,7 +14,7 @@
 use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use sinew_adapter::Adapter;
-use sinew_backbone::{Hooks, Projection, SubLayer};
+use sinew_backbone::{linear_flat, Hooks, Projection, SubLayer};
 
 use crate::compose::{tile, FusionAttentions, Registry};
 use crate::fusion::{AdapterFusion, Semantics};
@@ -92,7 +92,7 @@ impl<B: Backend> Hooks<B> for DeltaFusion<'_, B> {
         linear: &Linear<B>,
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let y = linear.forward(x.clone());
+        let y = linear_flat(linear, x.clone());
         if !self
             .adapters
             .iter()

@@ -14,7 +14,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 use sinew_adapter::tensors::{TensorFile, TensorSink};
-use sinew_backbone::{BertConfig, SubLayer};
+use sinew_backbone::{linear_flat, BertConfig, SubLayer};
 
 fn yes() -> bool {
     true
@@ -230,15 +230,15 @@ impl<B: Backend> FusionLayer<B> {
             }
         }
         let q = match &self.query {
-            Some(l) => l.forward(query),
+            Some(l) => linear_flat(l, query),
             None => query,
         };
         let k = match &self.key {
-            Some(l) => l.forward(keys),
+            Some(l) => linear_flat(l, keys),
             None => keys,
         };
         let v = match (&self.value, c.value_before_softmax) {
-            (Some(l), true) => l.forward(values),
+            (Some(l), true) => linear_flat(l, values),
             _ => values,
         };
         // [b, s, 1, h] · [b, s, h, n] → [b, s, 1, n]
@@ -255,7 +255,7 @@ impl<B: Backend> FusionLayer<B> {
             .matmul(v)
             .reshape([batch, seq, h]);
         if let (Some(l), false) = (&self.value, c.value_before_softmax) {
-            context = l.forward(context);
+            context = linear_flat(l, context);
         }
         if !c.residual_before {
             context = context + residual;
