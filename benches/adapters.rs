@@ -1,107 +1,29 @@
 //! Adapter work on the real all-MiniLM-L6-v2, per backend: a training step (forward, backward,
 //! AdamW) of a seq_bn adapter at batch 32 × 64 and 32 × 128 tokens and of full fine-tuning;
 //! inference at 64 × 128; Fuse of 2, 4 and 8 adapters (training step and inference, 32 × 64);
-//! LoRA unmerged, merged, and the bare backbone (inference, 64 × 128).
+//! LoRA unmerged, merged, and the bare backbone (inference, 64 × 128). The fast paths, each
+//! against the plain path: a training step of an adapter in layers 3–5 from the tokens and from
+//! the cached states entering layer 3; `Parallel` of two such adapters against one pass each;
+//! one mixed batch over four adapters against a pass per adapter.
 //!
 //! `cargo bench --bench adapters --features flex` (add `wgpu` for the GPU backend); one group
 //! per kind of work, one function per backend and size, so criterion's folders
 //! (`$CARGO_TARGET_DIR/criterion/<group>/<function>`) name what was measured.
 
+mod common;
+
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::AdamWConfig;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use common::{model, model_of, step, task, texts_input, two_labels, upper_half};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sinew::adapter::bottleneck::BnConfig;
 use sinew::adapter::lora::LoraConfig;
-use sinew::adapter::{HeadConfig, MethodConfig};
-use sinew::backbone::{assets, EncoderInput, Pretrained, TextTokenizer};
+use sinew::adapter::MethodConfig;
+use sinew::backbone::{EncoderInput, Start};
 use sinew::fusion::{AdapterModel, FusionConfig};
-use sinew::trainer::train::{set_regime, Regime, TaskData};
-
-/// `batch` different texts of real prose, each at least `tokens` long (cut there).
-fn texts_input<B: Backend>(
-    tokenizer: &TextTokenizer,
-    batch: usize,
-    tokens: usize,
-) -> EncoderInput<B> {
-    let texts: Vec<String> = (0..batch)
-        .map(|i| {
-            (0..20)
-                .map(|j| format!("Row {i} clause {j}: adapters keep the pretrained encoder frozen while tasks share it."))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
-    let encoded = tokenizer.encode(&texts).unwrap();
-    assert!(encoded.input_ids.iter().all(|r| r.len() == tokens));
-    encoded.to_input(&B::Device::default())
-}
-
-fn two_labels() -> HeadConfig {
-    HeadConfig::classification(&["a".into(), "b".into()])
-}
-
-/// The backbone with `adapters` seq_bn adapters named `a0`, `a1`, … (heads included), truncating
-/// at `tokens`.
-fn model<B: Backend>(adapters: usize, tokens: usize) -> (AdapterModel<B>, TextTokenizer) {
-    let device = B::Device::default();
-    let dir = assets::ensure_default_model().expect("fetch the model: cargo run -- fetch");
-    let Pretrained {
-        config,
-        model,
-        tokenizer,
-    } = Pretrained::<B>::load(&dir, Some(tokens), &device).unwrap();
-    let mut model = AdapterModel::new(model, config);
-    for i in 0..adapters {
-        let name = format!("a{i}");
-        model
-            .add_adapter(&name, MethodConfig::Bottleneck(BnConfig::seq_bn()), &device)
-            .unwrap();
-        model.add_head(&name, two_labels(), &device).unwrap();
-    }
-    (model, tokenizer)
-}
-
-fn task(name: &str) -> TaskData {
-    TaskData {
-        name: name.into(),
-        train: Vec::new(),
-        dev: Vec::new(),
-        classes: 2,
-    }
-}
-
-/// One optimizer step on `input` (alternating labels): forward, cross-entropy, backward, AdamW.
-fn step<B: AutodiffBackend, O: Optimizer<AdapterModel<B>, B>>(
-    model: AdapterModel<B>,
-    optimizer: &mut O,
-    input: &EncoderInput<B>,
-) -> (AdapterModel<B>, B::FloatElem) {
-    let device = input.input_ids.device();
-    let [batch, _] = input.input_ids.dims();
-    let targets = Tensor::<B, 1, Int>::from_data(
-        TensorData::new(
-            (0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
-            [batch],
-        ),
-        &device,
-    );
-    let logits = model.forward(input).unwrap().logits.unwrap();
-    let mut loss = CrossEntropyLossConfig::new()
-        .init(&device)
-        .forward(logits, targets);
-    if let Some(reg) = model.fusion_regularization_loss() {
-        loss = loss + reg;
-    }
-    // Reading the loss back makes lazy backends finish this step's forward; the backward and
-    // the update are finished by the next step, whose forward reads the updated weights.
-    let value = loss.clone().into_scalar();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    (optimizer.step(1e-4, model, grads), value)
-}
+use sinew::trainer::train::{set_regime, Regime};
 
 /// A criterion group of `batch` elements per call: 10 samples, 1 s warm-up, 10 s measurement
 /// (calls take seconds).
@@ -123,15 +45,15 @@ fn train_step<B: AutodiffBackend>(
     name: &str,
     id: BenchmarkId,
     model: AdapterModel<B>,
-    input: EncoderInput<B>,
+    start: Start<'_, B>,
 ) {
-    let [batch, _] = input.input_ids.dims();
+    let [batch, _] = start.dims();
     let mut optimizer = AdamWConfig::new().init::<B, AdapterModel<B>>();
     let mut model = Some(model);
     let mut group = group(c, name, batch);
     group.bench_function(id, |b| {
         b.iter(|| {
-            let (next, loss) = step(model.take().unwrap(), &mut optimizer, &input);
+            let (next, loss) = step(model.take().unwrap(), &mut optimizer, &start);
             model = Some(next);
             loss
         })
@@ -170,7 +92,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str) {
         model.set_active(Some("a0")).unwrap();
         let input = texts_input(&tokenizer, 32, tokens);
         let id = BenchmarkId::new(backend, format!("32x{tokens}"));
-        train_step(c, "train_step_seq_bn", id, model, input);
+        train_step(c, "train_step_seq_bn", id, model, Start::Tokens(&input));
     }
     {
         let (mut model, tokenizer) = model::<A<B>>(1, 64);
@@ -181,7 +103,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str) {
             "train_step_full",
             BenchmarkId::new(backend, "32x64"),
             model,
-            input,
+            Start::Tokens(&input),
         );
     }
     // Fuse of 2, 4, 8 adapters: training step (fusion and head) and inference.
@@ -212,9 +134,10 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str) {
             "fuse_train_step",
             BenchmarkId::new(backend, n),
             model,
-            input,
+            Start::Tokens(&input),
         );
     }
+    fast_paths::<B>(c, backend);
     // Inference at 64 × 128: bare backbone, one seq_bn adapter, LoRA unmerged and merged.
     let (mut model, tokenizer) = model::<B>(1, 128);
     let device = B::Device::default();
@@ -254,6 +177,90 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str) {
         &model,
         &input,
     );
+}
+
+/// The fast paths against the plain ones.
+fn fast_paths<B: Backend>(c: &mut Criterion, backend: &str) {
+    // An adapter in layers 3–5: a step from the tokens, and from the cached states entering
+    // layer 3 (what the activation cache's epochs after the first run).
+    {
+        let (mut model, tokenizer) = model_of::<Autodiff<B>>(1, 128, upper_half());
+        set_regime(&mut model, &Regime::Adapters, &[task("a0")]).unwrap();
+        model.set_active(Some("a0")).unwrap();
+        let input = texts_input::<Autodiff<B>>(&tokenizer, 32, 128);
+        let id = BenchmarkId::new(backend, "32x128_from_tokens");
+        train_step(
+            c,
+            "cached_prefix_step",
+            id,
+            model.clone(),
+            Start::Tokens(&input),
+        );
+        let plain = texts_input::<B>(&tokenizer, 32, 128);
+        let hidden = model.backbone.valid().hidden_before(&plain, 3);
+        let start = Start::Hidden {
+            layer: 3,
+            hidden: Tensor::from_inner(hidden),
+            keep: input.attention_mask.clone().float(),
+        };
+        let id = BenchmarkId::new(backend, "32x128_from_layer_3");
+        train_step(c, "cached_prefix_step", id, model, start);
+    }
+    // Parallel of two adapters in layers 3–5 (layers 0–2 run once), against a pass per adapter.
+    {
+        let (mut model, tokenizer) = model_of::<B>(2, 128, upper_half());
+        let input = texts_input::<B>(&tokenizer, 32, 128);
+        let mut group = group(c, "parallel_2_32x128", 32);
+        model.set_active(Some("Parallel(a0, a1)")).unwrap();
+        group.bench_function(BenchmarkId::new(backend, "parallel"), |b| {
+            b.iter(|| model.forward(&input).unwrap().logits.unwrap().into_data())
+        });
+        let mut each = model.clone();
+        group.bench_function(BenchmarkId::new(backend, "one_pass_each"), |b| {
+            b.iter(|| {
+                ["a0", "a1"].map(|name| {
+                    each.set_active(Some(name)).unwrap();
+                    each.forward(&input).unwrap().logits.unwrap().into_data()
+                })
+            })
+        });
+        group.finish();
+    }
+    // Serving four adapters: one batch of 32 routed per example, against switching the active
+    // adapter for four batches of 8 (the backbone is never reloaded).
+    {
+        let (mut model, tokenizer) = model::<B>(4, 64);
+        let input = texts_input::<B>(&tokenizer, 32, 64);
+        let quarters: Vec<EncoderInput<B>> = (0..4)
+            .map(|_| texts_input::<B>(&tokenizer, 8, 64))
+            .collect();
+        let names = ["a0", "a1", "a2", "a3"];
+        let tasks: Vec<&str> = (0..32).map(|i| names[i % 4]).collect();
+        let mut group = group(c, "serving_4_adapters_32x64", 32);
+        group.bench_function(BenchmarkId::new(backend, "mixed_batch"), |b| {
+            b.iter(|| {
+                model
+                    .forward_routed(&input, &tasks)
+                    .unwrap()
+                    .logits
+                    .unwrap()
+                    .into_data()
+            })
+        });
+        group.bench_function(BenchmarkId::new(backend, "switch_per_adapter"), |b| {
+            b.iter(|| {
+                names
+                    .iter()
+                    .zip(&quarters)
+                    .map(|(name, part)| {
+                        model.set_active(Some(name)).unwrap();
+                        model.forward(part).unwrap().logits.unwrap().into_data()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        });
+        group.finish();
+    }
 }
 
 fn benches(c: &mut Criterion) {

@@ -240,6 +240,11 @@ struct TrainArgs {
     /// Stop after N steps with a checkpoint (finish later with --resume).
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Compute the layers no trained adapter changes once per example and keep their outputs
+    /// (MiB of memory; the rest spills to a temporary file). Those layers then run without
+    /// dropout.
+    #[arg(long, value_name = "MIB")]
+    activation_cache: Option<usize>,
     /// HF model folder (default: all-MiniLM-L6-v2).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -299,6 +304,7 @@ impl TrainArgs {
         t.learning_rate = self.lr.unwrap_or(t.learning_rate);
         t.seed = self.seed.unwrap_or(t.seed);
         t.stop_after = self.stop_after.or(t.stop_after);
+        t.activation_cache_mib = self.activation_cache.or(t.activation_cache_mib);
         spec.adapter = self.adapter_config.clone().unwrap_or(spec.adapter);
         spec.fusion = self.fusion.clone().unwrap_or(spec.fusion);
         spec.unfreeze_adapters |= self.unfreeze_adapters;

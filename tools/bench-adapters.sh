@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # sinew vs PyTorch + AdapterHub on the work of benches/adapters.rs, in one run: PyTorch's twin
 # (tools/reference/bench_adapters.py), then the criterion bench on ndarray and flex, then PyTorch
-# again; writes BENCHMARKS.md with the ratios (sinew time / PyTorch time: below 1 is faster).
+# again, then each side's peak memory per work in processes of its own; writes BENCHMARKS.md
+# with the ratios (sinew time / PyTorch time: below 1 is faster).
 # Needs the reference venv (tools/reference/README.md). Takes ~25 minutes on 2 cores.
 #   tools/bench-adapters.sh [PYTHON]      # PYTHON defaults to tools/reference/.venv/bin/python
 set -euo pipefail
@@ -13,5 +14,12 @@ cargo run --quiet --features wgpu -- fetch >/dev/null
 torch_before=$("$python" tools/reference/bench_adapters.py 2>/dev/null)
 cargo bench --bench adapters --features flex,wgpu -- --noplot 'ndarray|flex' >&2
 torch_after=$("$python" tools/reference/bench_adapters.py 2>/dev/null)
-"$python" tools/reference/write_benchmarks.py "$CARGO_TARGET_DIR" "$torch_before" "$torch_after" > BENCHMARKS.md
+# Peak memory: each side and work in its own process.
+memory=$(for work in train_step_seq_bn_32x128 inference_64x128; do
+  "$python" tools/reference/bench_adapters.py --peak "$work" 2>/dev/null
+  for backend in ndarray flex; do
+    cargo bench --quiet --bench peak_memory --features flex,wgpu -- "$backend" "$work" 2>/dev/null
+  done
+done | paste -sd, -)
+"$python" tools/reference/write_benchmarks.py "$CARGO_TARGET_DIR" "$torch_before" "$torch_after" "[$memory]" > BENCHMARKS.md
 cat BENCHMARKS.md

@@ -68,13 +68,39 @@ def train_step_fn(model, enc, fusion=False):
     return step
 
 
+def peak_memory(work, tok):
+    """Three calls of `work` in this process (as benches/peak_memory.rs does), then its peak RSS."""
+    model = model_with(1)
+    if work == "train_step_seq_bn_32x128":
+        model.train_adapter("a0")
+        model.train()
+        step = train_step_fn(model, inputs(tok, 32, 128))
+    else:
+        model.set_active_adapters("a0")
+        model.eval()
+        enc = inputs(tok, 64, 128)
+
+        def step():
+            with torch.no_grad():
+                model(**enc)
+    for _ in range(3):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"backend": "pytorch", "work": work, "peak_rss_mib": round(peak)}))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--peak", choices=["train_step_seq_bn_32x128", "inference_64x128"],
+                        help="only this work, three calls, and print the process's peak memory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(MODEL)
+    if args.peak:
+        peak_memory(args.peak, tok)
+        return
     out = {}
     for tokens in (64, 128):
         model = model_with(1)

@@ -658,6 +658,15 @@ impl<B: Backend> Method<B> for BottleneckAdapter<B> {
         })
     }
 
+    fn unchanged_below(&self) -> usize {
+        crate::method::first_site_layer(
+            [&self.attention, &self.output]
+                .into_iter()
+                .flat_map(|sites| sites.iter().enumerate())
+                .map(|(layer, b)| (layer, b.as_ref().map(|b| b.gate.is_some()))),
+        )
+    }
+
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
         let root = model_prefix(model);
         for (location, sites) in [

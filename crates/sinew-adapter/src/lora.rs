@@ -395,6 +395,15 @@ impl<B: Backend> Method<B> for LoraAdapter<B> {
         })
     }
 
+    fn unchanged_below(&self) -> usize {
+        crate::method::first_site_layer(
+            SITES
+                .into_iter()
+                .flat_map(|site| self.sites(site).into_iter().flatten().enumerate())
+                .map(|(layer, s)| (layer, s.as_ref().map(|s| s.gate.is_some()))),
+        )
+    }
+
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
         let root = model_prefix(model);
         for site in SITES {

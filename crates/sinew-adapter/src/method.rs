@@ -71,6 +71,26 @@ where
 
     /// Writes every tensor with AdapterHub's keys for adapter `name`.
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink);
+
+    /// How many of the lowest layers this adapter leaves as pretrained, such that the states of
+    /// an example's real tokens entering that layer can be computed once and reused
+    /// (`usize::MAX`: it acts nowhere). 0 for gates, which average over padded positions too —
+    /// and those states depend on the batch's padding.
+    fn unchanged_below(&self) -> usize;
+}
+
+/// [`Method::unchanged_below`] from per-layer sites (`Some` where the adapter acts, `true` where
+/// gated): the first layer with a site, 0 if any is gated.
+pub(crate) fn first_site_layer(sites: impl IntoIterator<Item = (usize, Option<bool>)>) -> usize {
+    let mut first = usize::MAX;
+    for (layer, site) in sites {
+        match site {
+            Some(true) => return 0,
+            Some(false) => first = first.min(layer),
+            None => {}
+        }
+    }
+    first
 }
 
 /// Parses and checks the `config` object of a method's `adapter_config.json` (at `path`);
@@ -174,6 +194,14 @@ macro_rules! register_methods {
         }
 
         impl<B: burn::prelude::Backend> Adapter<B> {
+            /// See [`Method::unchanged_below`](crate::method::Method::unchanged_below).
+            pub fn unchanged_below(&self) -> usize {
+                use $crate::method::Method;
+                match self {
+                    $(Self::$variant(a) => a.unchanged_below(),)+
+                }
+            }
+
             /// Writes every tensor with AdapterHub's keys for adapter `name`.
             pub fn save(
                 &self,
@@ -237,3 +265,63 @@ macro_rules! register_methods {
     };
 }
 pub(crate) use register_methods;
+
+#[cfg(test)]
+mod tests {
+    use super::Method;
+    use crate::bottleneck::{BnConfig, BottleneckAdapter};
+    use crate::lora::{LoraAdapter, LoraConfig};
+    use crate::prefix::{PrefixTuning, PrefixTuningConfig};
+    use crate::prompt::{PromptTuning, PromptTuningConfig};
+    use burn::backend::NdArray;
+    use sinew_backbone::BertConfig;
+
+    type B = NdArray;
+
+    /// The layers each method leaves as pretrained: below its first non-left-out layer; none
+    /// with a gate (gates average over padded positions) or a prompt (it changes the embeddings).
+    #[test]
+    fn unchanged_below_per_method() {
+        let model = BertConfig::from_json(
+            r#"{"vocab_size":10,"hidden_size":8,"num_hidden_layers":4,"num_attention_heads":2,
+            "intermediate_size":16,"max_position_embeddings":16}"#,
+        )
+        .unwrap();
+        let d = Default::default();
+        let bn = |c: BnConfig| BottleneckAdapter::<B>::new(&c, &model, &d).unwrap();
+        let leave = vec![0, 1];
+        let upper = BnConfig {
+            leave_out: leave.clone(),
+            ..BnConfig::seq_bn()
+        };
+        assert_eq!(bn(upper.clone()).unchanged_below(), 2);
+        assert_eq!(bn(BnConfig::seq_bn()).unchanged_below(), 0);
+        let gated = BnConfig {
+            use_gating: true,
+            ..upper
+        };
+        assert_eq!(bn(gated).unchanged_below(), 0);
+        let lora = LoraConfig {
+            leave_out: vec![0, 1, 2],
+            ..LoraConfig::lora()
+        };
+        assert_eq!(
+            LoraAdapter::<B>::new(&lora, &model, &d)
+                .unwrap()
+                .unchanged_below(),
+            3
+        );
+        let prefix = PrefixTuningConfig {
+            leave_out: leave,
+            ..PrefixTuningConfig::default()
+        };
+        assert_eq!(
+            PrefixTuning::<B>::new(&prefix, &model, &d)
+                .unwrap()
+                .unchanged_below(),
+            2
+        );
+        let prompt = PromptTuning::<B>::new(&PromptTuningConfig::default(), &model, &d).unwrap();
+        assert_eq!(prompt.unchanged_below(), 0);
+    }
+}

@@ -334,6 +334,16 @@ impl<B: Backend> Method<B> for PrefixTuning<B> {
         Ok(Self::with_parts(config, model, source, gates))
     }
 
+    fn unchanged_below(&self) -> usize {
+        crate::method::first_site_layer(
+            self.chunks
+                .iter()
+                .zip(&self.gates)
+                .enumerate()
+                .map(|(layer, (chunk, gate))| (layer, chunk.map(|_| gate.is_some()))),
+        )
+    }
+
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
         let mut put_module = |prefix: &str| match &self.source {
             PrefixSource::Mlp(mlp) => {

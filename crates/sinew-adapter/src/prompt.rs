@@ -143,6 +143,11 @@ impl<B: Backend> Method<B> for PromptTuning<B> {
         })
     }
 
+    /// It changes the embeddings.
+    fn unchanged_below(&self) -> usize {
+        0
+    }
+
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
         sink.put(key(model, name), self.prompt_embedding.val());
     }

@@ -22,5 +22,5 @@ pub use config::BertConfig;
 pub use error::{BackboneError, Result};
 pub use hooks::{AttentionKv, Hooks, NoHooks, Projection, SubLayer};
 pub use load::{load_weights, ModelFiles, Pretrained};
-pub use model::{linear_flat, Bert, EncoderInput, EncoderOutput};
+pub use model::{linear_flat, Bert, EncoderInput, EncoderOutput, Start};
 pub use tokenizer::{TextTokenizer, TokenBatch};

@@ -51,6 +51,34 @@ impl<B: Backend> EncoderOutput<B> {
     }
 }
 
+/// Where a forward pass starts.
+#[derive(Debug, Clone)]
+pub enum Start<'a, B: Backend> {
+    /// Token ids: the embeddings, then every layer.
+    Tokens(&'a EncoderInput<B>),
+    /// The hidden states entering layer `layer`, `[batch, seq, hidden]`, with their keep-mask
+    /// `[batch, seq]` (from [`Bert::hidden_before`]): the embeddings and the layers below are
+    /// skipped, and so are the hooks there.
+    Hidden {
+        /// The first layer to run.
+        layer: usize,
+        /// Its input.
+        hidden: Tensor<B, 3>,
+        /// 1.0 for real tokens.
+        keep: Tensor<B, 2>,
+    },
+}
+
+impl<B: Backend> Start<'_, B> {
+    /// `[batch, seq]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            Self::Tokens(input) => input.input_ids.dims(),
+            Self::Hidden { keep, .. } => keep.dims(),
+        }
+    }
+}
+
 /// Word, position and token-type embeddings, summed and normalised.
 #[derive(Module, Debug)]
 pub struct Embeddings<B: Backend> {
@@ -331,9 +359,35 @@ impl<B: Backend> Bert<B> {
         input: &EncoderInput<B>,
         hooks: &mut H,
     ) -> EncoderOutput<B> {
+        self.run(Start::Tokens(input), hooks)
+    }
+
+    /// The plain hidden states entering layer `layer` (the embeddings for 0), `[batch, seq,
+    /// hidden]`: what [`Start::Hidden`] resumes from when no adapter acts below `layer`.
+    pub fn hidden_before(&self, input: &EncoderInput<B>, layer: usize) -> Tensor<B, 3> {
         let keep = input.attention_mask.clone().float();
-        let (mut hidden, mut keep) = hooks.embedded(self.embeddings.forward(input), keep);
-        for (index, layer) in self.encoder.layer.iter().enumerate() {
+        let mut hidden = self.embeddings.forward(input);
+        for (index, l) in self.encoder.layer.iter().enumerate().take(layer) {
+            hidden = l.forward(index, hidden, keep.clone(), &mut NoHooks);
+        }
+        hidden
+    }
+
+    /// The encoder from `start`, with adapters acting at the [`Hooks`] sites.
+    pub fn run<H: Hooks<B>>(&self, start: Start<'_, B>, hooks: &mut H) -> EncoderOutput<B> {
+        let (first, mut hidden, mut keep) = match start {
+            Start::Tokens(input) => {
+                let keep = input.attention_mask.clone().float();
+                let (hidden, keep) = hooks.embedded(self.embeddings.forward(input), keep);
+                (0, hidden, keep)
+            }
+            Start::Hidden {
+                layer,
+                hidden,
+                keep,
+            } => (layer, hidden, keep),
+        };
+        for (index, layer) in self.encoder.layer.iter().enumerate().skip(first) {
             hidden = layer.forward(index, hidden, keep.clone(), hooks);
             keep = repeat_to_batch(keep, hidden.dims()[0]);
         }

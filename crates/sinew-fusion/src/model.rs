@@ -7,7 +7,7 @@
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
-use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput};
+use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput, NoHooks, Start};
 
 use std::path::Path;
 
@@ -727,6 +727,42 @@ impl<B: Backend> AdapterModel<B> {
         self.run(input, false)
     }
 
+    /// [`forward`](Self::forward) from `start`: with [`Start::Hidden`], from the hidden states
+    /// entering a layer at or below [`frozen_prefix`](Self::frozen_prefix), computed once by
+    /// [`Bert::hidden_before`] and reused (the layers below run with no adapter anyway).
+    pub fn forward_from(&self, start: Start<'_, B>) -> Result<AdapterOutput<B>> {
+        if let Start::Hidden { layer, .. } = &start {
+            let frozen = self.frozen_prefix();
+            if *layer > frozen {
+                return Err(AdapterError::Input(format!(
+                    "cannot start at layer {layer}: the active setup changes layer {frozen}"
+                )));
+            }
+        }
+        self.run_setup(start, self.active.as_ref(), false)
+    }
+
+    /// How many of the lowest layers run as pretrained under the active setup, with nothing
+    /// training in them: their outputs for an example's real tokens never change, so
+    /// [`forward_from`](Self::forward_from) can skip them (AdapterDrop's observation).
+    pub fn frozen_prefix(&self) -> usize {
+        let layers = self.backbone.num_layers();
+        let mut counter = ParamCounter::default();
+        self.backbone.visit(&mut counter);
+        if counter.trainable > 0 {
+            return 0;
+        }
+        let Some(setup) = &self.active else {
+            return layers;
+        };
+        setup
+            .flatten()
+            .into_iter()
+            .filter_map(|name| self.adapter(name))
+            .map(Adapter::unchanged_below)
+            .fold(layers, usize::min)
+    }
+
     /// [`forward`](Self::forward), also returning the fusion attentions.
     pub fn forward_with_attentions(&self, input: &EncoderInput<B>) -> Result<AdapterOutput<B>> {
         self.run(input, true)
@@ -794,7 +830,7 @@ impl<B: Backend> AdapterModel<B> {
             ),
             &device,
         );
-        let out = self.run_setup(&sorted, Some(&setup), false)?;
+        let out = self.run_setup(Start::Tokens(&sorted), Some(&setup), false)?;
         let encoded = out.encoded;
         Ok(AdapterOutput {
             encoded: EncoderOutput {
@@ -817,26 +853,26 @@ impl<B: Backend> AdapterModel<B> {
     }
 
     fn run(&self, input: &EncoderInput<B>, attentions: bool) -> Result<AdapterOutput<B>> {
-        self.run_setup(input, self.active.as_ref(), attentions)
+        self.run_setup(Start::Tokens(input), self.active.as_ref(), attentions)
     }
 
     fn run_setup(
         &self,
-        input: &EncoderInput<B>,
+        start: Start<'_, B>,
         setup: Option<&Setup>,
         attentions: bool,
     ) -> Result<AdapterOutput<B>> {
         let merged = self.merged.as_ref().map(|(n, _)| n.as_str());
-        let [batch, seq] = input.input_ids.dims();
+        let [batch, seq] = start.dims();
         let mut fusion_attentions = None;
         let encoded = match setup {
             // A merged adapter already lives in the backbone's weights.
             Some(Setup::Adapter(name)) if Some(name.as_str()) == merged => {
-                self.backbone.forward(input)
+                self.backbone.run(start, &mut NoHooks)
             }
             Some(Setup::Adapter(name)) => {
                 let mut adapter = &self.adapters[self.adapter_index(name)?];
-                self.backbone.forward_with(input, &mut adapter)
+                self.backbone.run(start, &mut adapter)
             }
             Some(setup) if self.delta_fusion(setup).is_some() => {
                 let names = self.delta_fusion(setup).expect("checked");
@@ -845,7 +881,7 @@ impl<B: Backend> AdapterModel<B> {
                     .fusion(&name)
                     .ok_or_else(|| AdapterError::Input(format!("no fusion `{name}` is loaded")))?;
                 let mut hooks = DeltaFusion::new(self, &names, fusion, self.semantics, attentions);
-                let encoded = self.backbone.forward_with(input, &mut hooks);
+                let encoded = self.backbone.run(start, &mut hooks);
                 fusion_attentions = hooks.attentions;
                 // Every replica holds the fused states: keep the first.
                 slice_output(&encoded, 0..batch)
@@ -853,11 +889,11 @@ impl<B: Backend> AdapterModel<B> {
             Some(setup) => {
                 check_sizes(setup, batch, seq)?;
                 let mut hooks = Composition::new(self, setup, self.semantics, attentions);
-                let encoded = self.backbone.forward_with(input, &mut hooks);
+                let encoded = self.backbone.run(start, &mut hooks);
                 fusion_attentions = hooks.attentions;
                 encoded
             }
-            None => self.backbone.forward(input),
+            None => self.backbone.run(start, &mut NoHooks),
         };
         let heads = self.head_outputs(setup, &encoded, batch)?;
         let (logits, token_logits) = match heads.as_slice() {

@@ -4,6 +4,7 @@
 //! - [`data`]: fetching a task, seeded stratified splits, low-resource variants, the manifest;
 //! - [`table`]: users' own CSV/TSV/JSONL data;
 //! - [`batching`]: tokenize once (cached), length buckets, per-batch padding;
+//! - [`cache`]: the frozen-prefix activation cache (layers no adapter changes run once per example);
 //! - [`train`]: the training loop for every regime — ST-A, MT-A, fusion, head-only, full
 //!   fine-tuning (AdamW, warmup/decay, clipping, early stopping, best epoch kept);
 //! - [`checkpoint`]: what trains plus optimizer state and progress, one atomic file, exact resume;
@@ -11,6 +12,7 @@
 //! - [`metrics`]: accuracy, macro-F1, MCC.
 
 pub mod batching;
+pub mod cache;
 pub mod checkpoint;
 pub mod data;
 pub mod metrics;

@@ -20,9 +20,11 @@ use burn::tensor::ElementConversion;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sinew_adapter::AdapterError;
+use sinew_backbone::Start;
 use sinew_fusion::AdapterModel;
 
 use crate::batching::{collate, epoch_batches, Tokens};
+use crate::cache::ActivationCache;
 use crate::checkpoint::{
     parts_to_bytes, restore_from_bytes, Checkpoint, CheckpointError, Progress,
 };
@@ -55,6 +57,12 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Stop (with a checkpoint) after this many steps of the run, to resume later.
     pub stop_after: Option<usize>,
+    /// The frozen-prefix activation cache, with this many MiB of memory (`None`: off; 0: all
+    /// of it in the spill file). When the regime leaves the lowest layers as pretrained
+    /// (adapters that leave them out, a head-only run), their outputs are computed once per
+    /// example — without dropout — and reused every epoch; beyond the budget they go to a
+    /// temporary file. See [`crate::cache`].
+    pub activation_cache_mib: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -71,6 +79,7 @@ impl Default for TrainConfig {
             temperature: 1.0,
             checkpoint_every: 0,
             stop_after: None,
+            activation_cache_mib: None,
         }
     }
 }
@@ -176,6 +185,19 @@ pub struct Outcome {
     pub losses: Vec<f32>,
     /// Whether the run stopped at `stop_after` before its end (resume it to finish).
     pub interrupted: bool,
+    /// The activation cache, when one was used.
+    pub cache: Option<CacheUse>,
+}
+
+/// What the activation cache held at the end of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheUse {
+    /// The layer its states enter (the layers below ran once per example).
+    pub layer: usize,
+    /// Examples held in memory.
+    pub in_memory: usize,
+    /// Examples in the spill file.
+    pub on_disk: usize,
 }
 
 /// Errors of a training run.
@@ -187,6 +209,9 @@ pub enum TrainError {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The activation cache's spill file could not be written or read.
+    #[error("activation cache spill file: {0}")]
+    Cache(#[from] std::io::Error),
     /// The loss stopped being a number; the weights are the last good ones.
     #[error("the loss is {value} at step {step}; training stopped (the last good weights and checkpoint are kept)")]
     NonFinite {
@@ -279,6 +304,26 @@ pub fn activate<B: Backend>(
         Regime::Fusion { name, .. } => model.set_active(Some(&format!("Fuse({name})"))),
         Regime::Head { .. } => model.use_bare_head(Some(task)),
     }
+}
+
+/// The activation cache of a run, when `config` asks for one and the regime leaves layers as
+/// pretrained for every task.
+fn activation_cache<B: AutodiffBackend>(
+    model: &mut AdapterModel<B>,
+    regime: &Regime,
+    tasks: &[TaskData],
+    config: &TrainConfig,
+) -> Result<Option<ActivationCache>, AdapterError> {
+    let Some(mib) = config.activation_cache_mib else {
+        return Ok(None);
+    };
+    let mut layer = model.backbone.num_layers();
+    for task in tasks {
+        activate(model, regime, &task.name)?;
+        layer = layer.min(model.frozen_prefix());
+    }
+    tracing::info!("activation cache: layers below {layer} run once per example");
+    Ok((layer > 0).then(|| ActivationCache::new(layer, mib << 20)))
 }
 
 /// The batches of one epoch as `(task, example indices)`: each task's own seeded length-bucketed
@@ -391,6 +436,7 @@ pub fn train<B: AutodiffBackend>(
             model.anneal_fusion_temperatures();
         }
     }
+    let mut cache = activation_cache(model, regime, tasks, config)?;
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let mut losses = Vec::new();
     let mut interrupted = false;
@@ -406,12 +452,21 @@ pub fn train<B: AutodiffBackend>(
                     .wrapping_add(progress.step as u64),
             );
             let (batch, labels) = collate(&data.train, indices);
-            let input = batch.to_input::<B>(&device);
-            let out = match regime {
-                Regime::Adapters => {
-                    model.forward_routed(&input, &vec![data.name.as_str(); indices.len()])?
+            let out = match (&mut cache, regime) {
+                (Some(cache), _) => {
+                    let (hidden, keep) = cache.start(model, *task, indices, &batch, &device)?;
+                    activate(model, regime, &data.name)?;
+                    model.forward_from(Start::Hidden {
+                        layer: cache.layer(),
+                        hidden,
+                        keep,
+                    })?
                 }
-                _ => model.forward(&input)?,
+                (None, Regime::Adapters) => model.forward_routed(
+                    &batch.to_input::<B>(&device),
+                    &vec![data.name.as_str(); indices.len()],
+                )?,
+                (None, _) => model.forward(&batch.to_input::<B>(&device))?,
             };
             let logits = out.logits.ok_or_else(|| {
                 AdapterError::Input(format!("task `{}` has no text head", data.name))
@@ -517,6 +572,14 @@ pub fn train<B: AutodiffBackend>(
         epochs: progress.epochs,
         losses,
         interrupted,
+        cache: cache.map(|c| {
+            let (in_memory, on_disk) = c.counts();
+            CacheUse {
+                layer: c.layer(),
+                in_memory,
+                on_disk,
+            }
+        }),
     })
 }
 
