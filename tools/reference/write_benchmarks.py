@@ -43,25 +43,34 @@ REASONS = """
 - **Training step and inference speed (ratios above 1).** The frozen-backbone work is the same
   matrix products on both sides (the GFLOP column), and sinew already skips the weight gradients
   of frozen weights (Burn's autodiff tracks only parameters marked trainable) and rebuilds no
-  weight in forward. What is left is the backends: Burn 0.21's CPU matmul reaches 130–175 GFLOP/s
-  at the FFN shapes where PyTorch's oneDNN/MKL reaches ~180 (../shared/notes/cpu-matmul-rates.md),
-  and its element-wise kernels (exact GELU through a scalar `erf`, softmax, broadcast adds,
-  layer norm) run single-threaded on freshly allocated buffers, which PyTorch fuses or
-  vectorises across both cores. Profiles (`perf record` on `--profile-time` runs) of inference on
-  flex: ~1/3 of the time in GEMM, the rest in GELU's `erf`, a strided broadcast add of the
-  attention mask, softmax and page faults of new allocations. Burn's fused attention
-  (`module::attention`) was tried for inference: 2–3× faster per layer in isolation on flex, but
-  the whole forward got slower on both backends (mask materialisation), so it is not used. Closing
-  the rest means kernel work inside the backends (a vectorised erf, fused bias/mask/softmax,
-  buffer reuse), not in sinew.
+  weight in forward (unmerged LoRA computes `x·A·B`, merged LoRA costs nothing). What is left is
+  the backends: Burn 0.21's CPU matmul reaches 110–175 GFLOP/s at the FFN shapes where PyTorch's
+  reaches ~180 (../shared/notes/cpu-matmul-rates.md), and its element-wise kernels (the exact
+  GELU through a scalar `erf`, softmax, the attention mask's broadcast add, layer norm) run
+  single-threaded on freshly allocated buffers, where PyTorch fuses or vectorises them across
+  both cores. A `perf record` of inference on flex puts about a third of the time in GEMM and most
+  of the rest in GELU's `erf`, the mask add (a `[batch, 1, 1, keys]` broadcast takes flex's
+  strided path), softmax and page faults of new allocations. Burn's fused attention
+  (`module::attention`) was tried for inference: 1.6–2.5× faster per layer on flex in isolation,
+  but the whole forward measured slower on both backends in the criterion run, so it is not used
+  (the cause was not found in the time). Closing the rest is kernel work inside the backends (a
+  vectorised erf, fused bias/mask/softmax, buffer reuse), not in sinew.
 - **Fuse of 8 ≤ 1.3× one adapter.** A dynamic fusion projects every adapter's output with its
-  key and value matrices at every fused site: 2·N·h² multiply-adds per token and site, which for
-  N = 8 is as much work as the backbone's own projections, forward and backward. PyTorch +
-  AdapterHub pays the same (its ratio is printed under the targets table). sinew's fusion is
-  batched across adapters (one product over `[batch, seq, adapters, hidden]`); its weight
-  gradients were the pathology: Burn differentiates a batched `Linear` as one product per
-  leading index, summed — batch·seq products for the fusion's keys and values — until
-  `linear_flat` gave it a 2-D input (the step went from ~13 s to the figure above).
+  key and value matrices at every fused site: 2·N·h² multiply-adds per token and site, for N = 8
+  as much as the backbone's own projections, forward and backward — PyTorch + AdapterHub's own
+  Fuse-8 step costs 2.8× its one-adapter step (line under the targets table), sinew's about 2×.
+  sinew's fusion is batched across adapters (one product over `[batch, seq, adapters, hidden]`).
+  Its weight gradients were the pathology found by profiling: Burn differentiates a batched
+  `Linear` as one product per leading index, summed — batch·seq products for the fusion's keys
+  and values — until `linear_flat` gave it a 2-D input (the Fuse-8 step went from 12.9 s (flex)
+  and 15.7 s (ndarray) to the figures above, and full fine-tuning gained 20–25%).
+- **Met**: merged LoRA within 2% of the bare backbone; peak memory below PyTorch's for training
+  (about 0.65×) and inference (about 0.3×).
+- **Fast paths** (last table): the activation cache's later epochs run the step of an adapter in
+  layers 3–5 in 0.57× the time; `Parallel` of two such adapters runs the shared layers once
+  (0.66–0.70× two passes); a batch mixing four adapters costs what switching the active adapter
+  four times costs (0.95–1.04×): switching reloads nothing, and one mixed pass saves nothing more
+  at this size.
 """
 
 PEAK = 205  # GFLOP/s: PyTorch's 2048³ f32 matmul here (../shared/notes/cpu-matmul-rates.md)

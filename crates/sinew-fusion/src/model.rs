@@ -735,7 +735,7 @@ impl<B: Backend> AdapterModel<B> {
             let frozen = self.frozen_prefix();
             if *layer > frozen {
                 return Err(AdapterError::Input(format!(
-                    "cannot start at layer {layer}: the active setup changes layer {frozen}"
+                    "cannot start at layer {layer}: the active setup leaves only the {frozen} layers below as pretrained"
                 )));
             }
         }

@@ -322,8 +322,12 @@ fn activation_cache<B: AutodiffBackend>(
         activate(model, regime, &task.name)?;
         layer = layer.min(model.frozen_prefix());
     }
+    if layer == 0 {
+        tracing::info!("activation cache: not used, the regime changes layer 0");
+        return Ok(None);
+    }
     tracing::info!("activation cache: layers below {layer} run once per example");
-    Ok((layer > 0).then(|| ActivationCache::new(layer, mib << 20)))
+    Ok(Some(ActivationCache::new(layer, mib << 20)))
 }
 
 /// The batches of one epoch as `(task, example indices)`: each task's own seeded length-bucketed
