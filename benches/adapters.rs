@@ -16,7 +16,6 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use common::{model, model_of, step, task, texts_input, two_labels, upper_half};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sinew::adapter::lora::LoraConfig;
@@ -24,6 +23,8 @@ use sinew::adapter::MethodConfig;
 use sinew::backbone::{EncoderInput, Start};
 use sinew::fusion::{AdapterModel, FusionConfig};
 use sinew::trainer::train::{set_regime, Regime};
+use sinew_backbone::FusedAutodiff;
+use sinew_backbone::FusedOps;
 
 /// A criterion group of `batch` elements per call: 10 samples, 1 s warm-up, 10 s measurement
 /// (calls take seconds).
@@ -40,7 +41,7 @@ fn group<'a>(
     group
 }
 
-fn train_step<B: AutodiffBackend>(
+fn train_step<B: FusedAutodiff>(
     c: &mut Criterion,
     name: &str,
     id: BenchmarkId,
@@ -61,7 +62,7 @@ fn train_step<B: AutodiffBackend>(
     group.finish();
 }
 
-fn inference<B: Backend>(
+fn inference<B: FusedOps>(
     c: &mut Criterion,
     name: &str,
     id: BenchmarkId,
@@ -83,7 +84,7 @@ fn inference<B: Backend>(
     group.finish();
 }
 
-fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str) {
+fn bench_backend<B: FusedOps>(c: &mut Criterion, backend: &str) {
     type A<B> = Autodiff<B>;
     // Adapter training step (ST-A) at 64 and 128 tokens, and full fine-tuning at 64.
     for tokens in [64, 128] {
@@ -180,7 +181,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &str) {
 }
 
 /// The fast paths against the plain ones.
-fn fast_paths<B: Backend>(c: &mut Criterion, backend: &str) {
+fn fast_paths<B: FusedOps>(c: &mut Criterion, backend: &str) {
     // An adapter in layers 3–5: a step from the tokens, and from the cached states entering
     // layer 3 (what the activation cache's epochs after the first run).
     {

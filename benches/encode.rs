@@ -4,9 +4,8 @@
 //! `cargo bench --bench encode --features flex` (add `wgpu` to include the GPU backend);
 //! `tools/bench-encode.sh` runs this and PyTorch in one go and prints the ratios.
 
-use burn::prelude::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sinew::backbone::{assets, Pretrained};
+use sinew::backbone::{assets, FusedOps, Pretrained};
 
 const BATCH: usize = 32;
 const TOKENS: usize = 128;
@@ -23,7 +22,7 @@ fn texts() -> Vec<String> {
         .collect()
 }
 
-fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
+fn bench_backend<B: FusedOps>(c: &mut Criterion, name: &str) {
     let device = B::Device::default();
     let dir = assets::ensure_default_model().expect("fetch the model: cargo run -- fetch");
     let model = Pretrained::<B>::load(&dir, Some(TOKENS), &device).unwrap();

@@ -10,13 +10,13 @@ mod common;
 
 use burn::backend::Autodiff;
 use burn::optim::AdamWConfig;
-use burn::prelude::*;
 use common::{model, step, task, texts_input};
 use sinew::backbone::Start;
 use sinew::fusion::AdapterModel;
 use sinew::trainer::train::{set_regime, Regime};
+use sinew_backbone::FusedOps;
 
-fn run<B: Backend>(work: &str) {
+fn run<B: FusedOps>(work: &str) {
     match work {
         "train_step_seq_bn_32x128" => {
             let (mut model, tokenizer) = model::<Autodiff<B>>(1, 128);

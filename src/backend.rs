@@ -4,14 +4,14 @@
 //! below: the line names the feature, the `--backend` value, the variant and the Burn type. The
 //! macro makes the alias, the CLI choice and the dispatch arm.
 
-use burn::prelude::Backend;
+use sinew_backbone::FusedOps;
 
 /// Work that runs on whichever backend the user picked.
 pub trait BackendJob {
     /// What the job returns.
     type Output;
     /// Runs the job on backend `B`, on its default device.
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output>;
+    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<Self::Output>;
 }
 
 macro_rules! backends {

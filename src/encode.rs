@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use sinew_backbone::FusedOps;
 
 use crate::backbone::files::write_atomic_with;
 use crate::backbone::{Pretrained, TextTokenizer, TokenBatch};
@@ -59,7 +59,7 @@ pub fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Encodes `texts` with the model's active adapter (if any) in batches of `batch_size`, all
 /// padded to the longest text, so the output is the same as one batch of everything.
-pub fn encode_texts<B: Backend>(
+pub fn encode_texts<B: FusedOps>(
     model: &AdapterModel<B>,
     tokenizer: &TextTokenizer,
     texts: &[String],
@@ -218,7 +218,7 @@ pub fn mean_fusion_attentions(encoded: &Encoded) -> Vec<(String, Vec<f32>)> {
 impl BackendJob for EncodeJob {
     type Output = usize;
 
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<usize> {
+    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<usize> {
         let texts = read_texts(&self.input)?;
         let pretrained = Pretrained::<B>::load(&self.model, self.max_len, device)?;
         let mut model = AdapterModel::new(pretrained.model, pretrained.config);

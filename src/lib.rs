@@ -1,6 +1,7 @@
 //! sinew: train, compose and serve adapters on a frozen pretrained transformer, on Burn.
 //!
 //! This facade re-exports the workspace crates and holds what the `sinew` binary runs:
+//! - [`kernels`]: the fused ops of the frozen transformer (a Burn backend extension);
 //! - [`backbone`]: the BERT-family encoder, HF loading, tokenizer, hook points;
 //! - [`adapter`], [`fusion`], [`trainer`]: adapter methods, composition, training;
 //! - [`backend`]: the Burn backends compiled in and how the CLI picks one;
@@ -14,6 +15,7 @@
 pub use sinew_adapter as adapter;
 pub use sinew_backbone as backbone;
 pub use sinew_fusion as fusion;
+pub use sinew_kernels as kernels;
 pub use sinew_trainer as trainer;
 
 pub mod backend;

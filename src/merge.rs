@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use burn::prelude::*;
+use sinew_backbone::FusedOps;
 
 use crate::backbone::Pretrained;
 use crate::backend::BackendJob;
@@ -27,7 +27,7 @@ impl BackendJob for MergeJob {
     type Output = (usize, usize);
 
     /// Returns the merged adapter's parameter count and the number of inputs.
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<(usize, usize)> {
+    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<(usize, usize)> {
         let pretrained = Pretrained::<B>::load(&self.model, None, device)?;
         let mut model = AdapterModel::new(pretrained.model, pretrained.config);
         let mut names = Vec::new();

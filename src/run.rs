@@ -11,6 +11,7 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+use sinew_backbone::FusedOps;
 
 use crate::adapter::{HeadConfig, MethodConfig};
 use crate::backbone::files::{sha256_file, write_atomic};
@@ -324,7 +325,7 @@ pub struct RunRecord {
 
 /// The model a run trains, before training: the backbone with the run's adapters, fusion and
 /// heads (freshly initialised where new); the regime and the fusion's name.
-fn build_model<B: Backend>(
+fn build_model<B: FusedOps>(
     record: &RunRecord,
     pretrained: Pretrained<B>,
     device: &B::Device,
@@ -409,7 +410,7 @@ pub struct TrainJob {
 impl BackendJob for TrainJob {
     type Output = Vec<TaskResult>;
 
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<Vec<TaskResult>> {
+    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<Vec<TaskResult>> {
         let spec = &self.spec;
         if spec.tasks.is_empty() {
             bail!("no task: give --task or --train (or [[tasks]] in the run file)");
@@ -554,7 +555,7 @@ impl BackendJob for TrainJob {
 }
 
 /// The trained adapters (with heads) and fusion in AdapterHub's layout, one folder each.
-fn save_folders<B: Backend>(
+fn save_folders<B: FusedOps>(
     model: &AdapterModel<B>,
     record: &RunRecord,
     regime: &Regime,
@@ -646,7 +647,7 @@ pub struct LoadedRun<B: Backend> {
     pub cache: TokenCache,
 }
 
-impl<B: Backend> LoadedRun<B> {
+impl<B: FusedOps> LoadedRun<B> {
     /// Reads a run folder written by `sinew train`/`sinew fuse`.
     pub fn read(dir: &Path, device: &B::Device) -> anyhow::Result<Self> {
         let path = dir.join("run.json");
@@ -719,7 +720,7 @@ pub struct EvalJob {
 impl BackendJob for EvalJob {
     type Output = (String, usize, Scores);
 
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<(String, usize, Scores)> {
+    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<(String, usize, Scores)> {
         let mut run = LoadedRun::<B>::read(&self.run, device)?;
         let (name, labels) = run.task(self.task.as_deref())?;
         let spec = run
@@ -787,7 +788,7 @@ pub struct Prediction {
 impl BackendJob for PredictJob {
     type Output = usize;
 
-    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<usize> {
+    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<usize> {
         let mut run = LoadedRun::<B>::read(&self.run, device)?;
         let (name, labels) = run.task(self.task.as_deref())?;
         run.activate(&name)?;
@@ -797,7 +798,7 @@ impl BackendJob for PredictJob {
             let batch = run.cache.tokenizer().encode(chunk)?;
             let logits = run
                 .model
-                .forward(&batch.to_input::<B>(device))?
+                .logits(&batch.to_input::<B>(device))?
                 .logits
                 .context("the run's head gives no text-level logits")?;
             let probabilities = burn::tensor::activation::softmax(logits, 1);

@@ -5,12 +5,12 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use burn::prelude::*;
 use common::{fixture_path, flat3, max_abs_diff, model_dir};
 use serde::Deserialize;
 use sinew::adapter::tensors::TensorFile;
 use sinew::backbone::Pretrained;
 use sinew::fusion::AdapterModel;
+use sinew_backbone::FusedOps;
 
 #[derive(Deserialize)]
 struct Case {
@@ -34,7 +34,7 @@ struct Outputs {
     cases: BTreeMap<String, Case>,
 }
 
-fn parity<B: Backend>() {
+fn parity<B: FusedOps>() {
     let device = B::Device::default();
     let dir = fixture_path("adapters");
     let outputs: Outputs =
@@ -71,6 +71,7 @@ fn parity<B: Backend>() {
         let diff = max_abs_diff(&hidden, &want);
         eprintln!("{name}: last_hidden_state max |diff| {diff:.2e}");
         assert!(diff <= 1e-4, "{name}: last_hidden_state differs by {diff}");
+        let text_logits = out.logits.clone();
         let logits = match (out.logits, out.token_logits) {
             (Some(l), None) => l.into_data(),
             (None, Some(l)) => l.into_data(),
@@ -80,6 +81,31 @@ fn parity<B: Backend>() {
         let diff = max_abs_diff(&logits, &flatten_json(&case.logits));
         eprintln!("{name}: logits max |diff| {diff:.2e}");
         assert!(diff <= 1e-4, "{name}: logits differ by {diff}");
+
+        // Asking for the logits only: with a text-level head (and no gate averaging over
+        // positions) the last layer runs for the first position alone; the logits are the full
+        // pass's either way.
+        let fast = model.logits(&input).unwrap();
+        let positions = fast.encoded.last_hidden_state.dims()[1];
+        let gated = model.adapters.last().unwrap().mixes_positions();
+        match text_logits {
+            Some(full) => {
+                assert_eq!(
+                    positions == 1,
+                    !gated,
+                    "{name}: the first-position path is taken"
+                );
+                let full = full.into_data().to_vec::<f32>().unwrap();
+                let got = fast.logits.unwrap().into_data().to_vec::<f32>().unwrap();
+                let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = max_abs_diff(&got, &full);
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{name}: first-position logits differ by {diff}"
+                );
+            }
+            None => assert!(positions > 1, "{name}: a tagging head reads every position"),
+        }
     }
 }
 
@@ -119,7 +145,7 @@ fn ejected_prefix_matches_adapterhub() {
 /// Merged LoRA gives the unmerged outputs to 1e-5 (IA3 to 5e-5: its merge rescales every weight,
 /// which re-rounds each product; AdapterHub's own merge differs by 3.6e-5), and unmerging restores
 /// the backbone's weights bit for bit.
-fn merge_roundtrip<B: Backend>() {
+fn merge_roundtrip<B: FusedOps>() {
     let device = B::Device::default();
     let dir = fixture_path("adapters");
     let outputs: Outputs =

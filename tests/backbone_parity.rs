@@ -3,13 +3,13 @@
 
 mod common;
 
-use burn::prelude::*;
 use common::{backbone_cases, flat2, flat3, max_abs_diff, model_dir};
 use sinew::backbone::Pretrained;
+use sinew_backbone::FusedOps;
 
 const TOLERANCE: f32 = 1e-4;
 
-fn parity<B: Backend>() {
+fn parity<B: FusedOps>() {
     let device = B::Device::default();
     let dir = model_dir();
     for case in backbone_cases() {

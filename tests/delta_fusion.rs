@@ -10,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use common::{fixture_path, flat3, max_abs_diff, model_dir, model_without_dropout};
 use serde_json::Value;
+use sinew::backbone::FusedOps;
 use sinew::backbone::{EncoderInput, Pretrained, SubLayer};
 use sinew::backend::NdArrayBackend;
 use sinew::fusion::{AdapterModel, FusionConfig};
@@ -22,7 +23,7 @@ fn outputs() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn setup<Bk: Backend>(
+fn setup<Bk: FusedOps>(
     dir: &std::path::Path,
     adapters: &[&str],
 ) -> (AdapterModel<Bk>, EncoderInput<Bk>) {

@@ -5,7 +5,7 @@
 mod common;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use common::training::{adapter_weights, head, two_tasks, A};
@@ -17,6 +17,7 @@ use sinew::backend::NdArrayBackend;
 use sinew::fusion::compose::Composition;
 use sinew::fusion::{AdapterModel, Setup};
 use sinew::trainer::train::{train, Regime, TaskData, TrainConfig};
+use sinew_backbone::LayerNorm;
 
 /// A seq_bn adapter in layers 3–5 only (the lower half left out, as AdapterDrop does).
 fn upper_half() -> MethodConfig {

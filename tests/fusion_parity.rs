@@ -14,9 +14,10 @@ use burn::prelude::*;
 use common::{fixture_path, max_abs_diff, model_dir, model_without_dropout, sinew};
 use serde::Deserialize;
 use serde_json::Value;
+use sinew::backbone::FusedOps;
 use sinew::backbone::{EncoderInput, Pretrained, SubLayer};
 use sinew::backend::NdArrayBackend;
-use sinew::fusion::{AdapterModel, Semantics};
+use sinew::fusion::{AdapterModel, Semantics, Setup};
 
 type B = NdArrayBackend;
 type A = Autodiff<NdArrayBackend>;
@@ -66,7 +67,7 @@ fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
 const ADAPTERS: [&str; 5] = ["seq_a", "seq_b", "seq_c", "dbl_a", "dbl_b"];
 
 /// The real model with every fixture adapter and fusion loaded, and the fixture batch.
-fn loaded<Bk: Backend>(model_dir: &std::path::Path) -> (AdapterModel<Bk>, EncoderInput<Bk>) {
+fn loaded<Bk: FusedOps>(model_dir: &std::path::Path) -> (AdapterModel<Bk>, EncoderInput<Bk>) {
     let device = Default::default();
     let pretrained = Pretrained::<Bk>::load(model_dir, None, &device).unwrap();
     let input = pretrained
@@ -151,6 +152,88 @@ fn setups_match_adapterhub() {
             );
         }
     }
+}
+
+/// Asking for the logits only runs the last layer for the first position alone (every fixture
+/// setup has text-level heads): each head's logits equal the full pass's, for every setup, for a
+/// routed batch, and under autodiff the trained fusion's gradients are the full pass's too.
+#[test]
+fn first_position_logits_equal_the_full_pass() {
+    let (mut model, input) = loaded::<B>(&model_dir());
+    let heads = |out: &sinew::fusion::AdapterOutput<B>| -> Vec<Vec<f32>> {
+        out.heads
+            .iter()
+            .map(|h| match &h.logits {
+                sinew::adapter::HeadLogits::Text(l) => values(l.clone()),
+                sinew::adapter::HeadLogits::Tokens(l) => values(l.clone()),
+            })
+            .collect()
+    };
+    let close = |got: &[Vec<f32>], want: &[Vec<f32>], rel: f32, what: &str| {
+        assert_eq!(got.len(), want.len(), "{what}: heads");
+        for (g, w) in got.iter().zip(want) {
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = max_abs_diff(g, w);
+            assert!(
+                diff <= rel * scale,
+                "{what}: differ by {diff} (scale {scale})"
+            );
+        }
+    };
+    for (name, case) in &outputs().cases {
+        model.set_active(Some(&case.setup)).unwrap();
+        let full = model.forward(&input).unwrap();
+        let fast = model.logits(&input).unwrap();
+        let split = Setup::parse(&case.setup).unwrap().splits_positions();
+        let positions = fast.encoded.last_hidden_state.dims()[1];
+        assert_eq!(
+            positions == 1,
+            !split,
+            "{name}: first position only unless Split"
+        );
+        close(&heads(&fast), &heads(&full), 1e-5, name);
+    }
+    let tasks = ["seq_b", "seq_a", "seq_b", "seq_a"];
+    let full = model.forward_routed(&input, &tasks).unwrap();
+    let fast = model.logits_routed(&input, &tasks).unwrap();
+    assert_eq!(fast.encoded.last_hidden_state.dims()[1], 1);
+    close(&heads(&fast), &heads(&full), 1e-5, "routed");
+
+    let dir = model_without_dropout();
+    let (mut model, input) = loaded::<A>(dir.path());
+    let device = Default::default();
+    let labels = Tensor::<A, 1, Int>::from_data(TensorData::new(outputs().labels, [4]), &device);
+    model.train_fusion("seq_a,seq_b", false).unwrap();
+    let grads = |logits: Tensor<A, 2>| {
+        let grads = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits, labels.clone())
+            .backward();
+        let layer = model.fusions[0].at(5, SubLayer::FeedForward).unwrap();
+        let lower = model.fusions[0].at(0, SubLayer::FeedForward).unwrap();
+        [layer, lower]
+            .iter()
+            .flat_map(|l| [&l.query, &l.key, &l.value])
+            .map(|linear| {
+                values(
+                    linear
+                        .as_ref()
+                        .unwrap()
+                        .weight
+                        .grad(&grads)
+                        .expect("trained"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let full = grads(model.forward(&input).unwrap().logits.unwrap());
+    let again = grads(model.forward(&input).unwrap().logits.unwrap());
+    close(&again, &full, 0.0, "the same pass twice");
+    let fast = grads(model.logits(&input).unwrap().logits.unwrap());
+    // The two passes round differently in f32 (the last layer's products have one row per text
+    // instead of one per token), and AdapterFusion's unscaled softmax amplifies that in its
+    // gradients to ~4e-4 of their scale: a gradient that missed a path would be off by O(1).
+    close(&fast, &full, 1e-3, "fusion gradients");
 }
 
 /// A fusion read from AdapterHub's folder keeps AdapterHub's behaviour (here: `residual_before`

@@ -6,15 +6,16 @@
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use sinew::adapter::bottleneck::BnConfig;
 use sinew::adapter::{HeadConfig, MethodConfig};
 use sinew::backbone::{assets, EncoderInput, Pretrained, Start, TextTokenizer};
 use sinew::fusion::AdapterModel;
 use sinew::trainer::train::TaskData;
+use sinew_backbone::FusedAutodiff;
+use sinew_backbone::FusedOps;
 
 /// `batch` different texts of real prose, each at least `tokens` long (cut there).
-pub fn texts_input<B: Backend>(
+pub fn texts_input<B: FusedOps>(
     tokenizer: &TextTokenizer,
     batch: usize,
     tokens: usize,
@@ -38,7 +39,7 @@ pub fn two_labels() -> HeadConfig {
 
 /// The backbone with `adapters` seq_bn adapters named `a0`, `a1`, … (heads included), truncating
 /// at `tokens`.
-pub fn model<B: Backend>(adapters: usize, tokens: usize) -> (AdapterModel<B>, TextTokenizer) {
+pub fn model<B: FusedOps>(adapters: usize, tokens: usize) -> (AdapterModel<B>, TextTokenizer) {
     model_of(adapters, tokens, BnConfig::seq_bn())
 }
 
@@ -51,7 +52,7 @@ pub fn upper_half() -> BnConfig {
 }
 
 /// [`model`] with adapters of `config`.
-pub fn model_of<B: Backend>(
+pub fn model_of<B: FusedOps>(
     adapters: usize,
     tokens: usize,
     method: BnConfig,
@@ -84,7 +85,7 @@ pub fn task(name: &str) -> TaskData {
 }
 
 /// One optimizer step from `start` (alternating labels): forward, cross-entropy, backward, AdamW.
-pub fn step<B: AutodiffBackend, O: Optimizer<AdapterModel<B>, B>>(
+pub fn step<B: FusedAutodiff, O: Optimizer<AdapterModel<B>, B>>(
     model: AdapterModel<B>,
     optimizer: &mut O,
     start: &Start<'_, B>,
@@ -98,7 +99,8 @@ pub fn step<B: AutodiffBackend, O: Optimizer<AdapterModel<B>, B>>(
         ),
         &device,
     );
-    let logits = model.forward_from(start.clone()).unwrap().logits.unwrap();
+    // As the trainer runs it: only the logits are read.
+    let logits = model.logits_from(start.clone()).unwrap().logits.unwrap();
     let mut loss = CrossEntropyLossConfig::new()
         .init(&device)
         .forward(logits, targets);

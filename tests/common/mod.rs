@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
+pub mod reference;
 pub mod training;
 
 /// The real all-MiniLM-L6-v2, fetched on first use (`.ci/run` fetches it before the tests).

@@ -3,6 +3,7 @@
 use burn::prelude::*;
 use burn::tensor::activation;
 use serde::{Deserialize, Serialize};
+use sinew_backbone::FusedOps;
 
 /// An activation named as in HF's `get_activation` (`relu`, `swish`/`silu`, `gelu`, `gelu_new`,
 /// `tanh`, `sigmoid`, `leakyrelu`); an empty name means none.
@@ -63,11 +64,11 @@ impl From<Activation> for String {
 
 impl Activation {
     /// Applies the activation element-wise.
-    pub fn forward<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn forward<B: FusedOps, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
             Self::Relu => activation::relu(x),
             Self::Silu => activation::silu(x),
-            Self::Gelu => sinew_backbone::model::gelu_exact(x),
+            Self::Gelu => sinew_backbone::kernels::gelu(x),
             Self::GeluTanh => activation::gelu_approximate(x),
             Self::Tanh => x.tanh(),
             Self::Sigmoid => activation::sigmoid(x),

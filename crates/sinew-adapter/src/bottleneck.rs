@@ -9,12 +9,14 @@
 use std::collections::BTreeMap;
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::{linear_flat, BertConfig, Hooks, SubLayer};
+use sinew_backbone::FusedOps;
+use sinew_backbone::{kernels, BertConfig, Hooks, SubLayer};
+use sinew_backbone::{LayerNorm, LayerNormConfig};
 
 use crate::activation::Activation;
 use crate::method::{Method, MethodSpec};
@@ -321,7 +323,7 @@ pub struct Bottleneck<B: Backend> {
     behaviour: Behaviour,
 }
 
-impl<B: Backend> Bottleneck<B> {
+impl<B: FusedOps> Bottleneck<B> {
     /// A newly initialised bottleneck of `width` for a `hidden`-wide model.
     pub fn new(config: &BnConfig, hidden: usize, width: usize, device: &B::Device) -> Self {
         let mut down = LinearConfig::new(hidden, width).init::<B>(device);
@@ -492,11 +494,13 @@ impl<B: Backend> Bottleneck<B> {
         let mut residual = hidden.clone();
         let mut hidden = hidden;
         if b.original_ln_before {
-            hidden = hidden + input;
             if b.residual_before_ln == ResidualBeforeLn::PostAdd(PostAdd::PostAdd) {
+                hidden = hidden + input;
                 residual = hidden.clone();
+                hidden = layer_norm.forward(hidden);
+            } else {
+                hidden = layer_norm.forward_add(hidden, input);
             }
-            hidden = layer_norm.forward(hidden);
         }
         if b.residual_before_ln == ResidualBeforeLn::Flag(false) {
             residual = hidden.clone();
@@ -542,16 +546,18 @@ impl<B: Backend> Bottleneck<B> {
             Some(norm) => norm.forward(x.clone()),
             None => x.clone(),
         };
-        let down = b.activation.forward(linear_flat(&self.adapter_down, inner));
-        let up = linear_flat(&self.adapter_up, down);
+        let down = b
+            .activation
+            .forward(kernels::linear(&self.adapter_down, inner));
+        let up = kernels::linear(&self.adapter_up, down);
         let up = match &self.scaling {
             Some(s) => up * s.val().unsqueeze::<3>(),
             None => up * b.fixed_scaling,
         };
-        let mut out = self.dropout.forward(up.clone());
+        let mut out = kernels::dropout(up.clone(), self.dropout.prob);
         if let Some(gate) = &self.gate {
             // Mean of the per-token gates over the sequence: one gate per example.
-            let g = sigmoid(linear_flat(gate, x)).mean_dim(1);
+            let g = sigmoid(kernels::linear(gate, x)).mean_dim(1);
             out = out * g;
         }
         if b.is_parallel {
@@ -588,7 +594,7 @@ impl<B: Backend> Bottleneck<B> {
             hidden
         };
         if b.original_ln_after {
-            layer_norm.forward(hidden + input)
+            layer_norm.forward_add(hidden, input)
         } else {
             hidden
         }
@@ -611,7 +617,7 @@ fn behaviour(config: &BnConfig) -> Behaviour {
 }
 
 /// N(0, std) truncated to ±2·std (PyTorch's `trunc_normal_` with a = -2std, b = 2std), by redrawing.
-fn truncated_normal<B: Backend>(shape: [usize; 2], std: f64, device: &B::Device) -> Tensor<B, 2> {
+fn truncated_normal<B: FusedOps>(shape: [usize; 2], std: f64, device: &B::Device) -> Tensor<B, 2> {
     let draw = || Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, std), device);
     let mut x = draw();
     // Each round leaves 4.6 % of the outliers; 20 rounds leave none in practice.
@@ -631,7 +637,7 @@ pub struct BottleneckAdapter<B: Backend> {
     pub output: Vec<Option<Bottleneck<B>>>,
 }
 
-impl<B: Backend> Method<B> for BottleneckAdapter<B> {
+impl<B: FusedOps> Method<B> for BottleneckAdapter<B> {
     type Config = BnConfig;
 
     fn new(config: &BnConfig, model: &BertConfig, device: &B::Device) -> crate::Result<Self> {
@@ -667,6 +673,15 @@ impl<B: Backend> Method<B> for BottleneckAdapter<B> {
         )
     }
 
+    /// A gate averages over the sequence.
+    fn mixes_positions(&self) -> bool {
+        [&self.attention, &self.output]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|b| b.gate.is_some())
+    }
+
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
         let root = model_prefix(model);
         for (location, sites) in [
@@ -685,7 +700,7 @@ impl<B: Backend> Method<B> for BottleneckAdapter<B> {
     }
 }
 
-impl<B: Backend> BottleneckAdapter<B> {
+impl<B: FusedOps> BottleneckAdapter<B> {
     fn build(
         config: &BnConfig,
         model: &BertConfig,
@@ -721,7 +736,7 @@ impl<B: Backend> BottleneckAdapter<B> {
 }
 
 /// A bottleneck acts at the sub-layer ends where it has one.
-impl<B: Backend> Hooks<B> for &BottleneckAdapter<B> {
+impl<B: FusedOps> Hooks<B> for &BottleneckAdapter<B> {
     fn sublayer_end(
         &mut self,
         layer: usize,
@@ -732,7 +747,7 @@ impl<B: Backend> Hooks<B> for &BottleneckAdapter<B> {
     ) -> Tensor<B, 3> {
         match self.at(layer, site) {
             Some(bottleneck) => bottleneck.sublayer_end(output, residual, layer_norm),
-            None => layer_norm.forward(output + residual),
+            None => layer_norm.forward_add(output, residual),
         }
     }
 }

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::prelude::*;
 use serde_json::{Map, Value};
 use sinew_backbone::BertConfig;
+use sinew_backbone::FusedOps;
 
 use crate::error::{AdapterError, Result};
 use crate::head::{ClassificationHead, HeadConfig};
@@ -36,7 +36,7 @@ pub fn write_json(path: &Path, json: &Value) -> Result<()> {
 
 /// Writes an adapter folder in AdapterHub's layout (`save_adapter(dir, name, with_head,
 /// use_safetensors=True)`); every file is written atomically.
-pub fn save_folder<B: Backend>(
+pub fn save_folder<B: FusedOps>(
     dir: &Path,
     model: &BertConfig,
     name: &str,
@@ -58,7 +58,7 @@ pub fn save_folder<B: Backend>(
 }
 
 /// Writes head `name` into `dir` as AdapterHub does: `head_config.json`, `model_head.safetensors`.
-pub fn save_head<B: Backend>(
+pub fn save_head<B: FusedOps>(
     dir: &Path,
     model: &BertConfig,
     name: &str,
@@ -87,7 +87,7 @@ pub fn read_head_config(dir: &Path, model: Option<&BertConfig>) -> Result<Option
 }
 
 /// Head `name` with `config` read from `dir`'s `model_head` weights; every tensor must be used.
-pub fn load_head<B: Backend>(
+pub fn load_head<B: FusedOps>(
     dir: &Path,
     model: &BertConfig,
     name: &str,
@@ -110,7 +110,7 @@ pub enum FolderFormat {
 }
 
 /// Writes LoRA adapter `name` as a PEFT folder (`save_pretrained`'s layout).
-pub fn save_peft_folder<B: Backend>(
+pub fn save_peft_folder<B: FusedOps>(
     dir: &Path,
     model: &BertConfig,
     name: &str,
@@ -245,7 +245,7 @@ impl AdapterFolder {
     }
 
     /// Loads the adapter's weights (`adapter.safetensors`); every tensor must be used.
-    pub fn load_adapter<B: Backend>(
+    pub fn load_adapter<B: FusedOps>(
         &self,
         model: &BertConfig,
         device: &B::Device,
@@ -264,7 +264,7 @@ impl AdapterFolder {
     }
 
     /// Loads the head's weights (`model_head.safetensors`), if the folder has a head.
-    pub fn load_head<B: Backend>(
+    pub fn load_head<B: FusedOps>(
         &self,
         model: &BertConfig,
         device: &B::Device,

@@ -14,6 +14,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
+use sinew_backbone::FusedOps;
 use sinew_backbone::{BertConfig, EncoderOutput};
 
 use crate::activation::Activation;
@@ -163,7 +164,7 @@ pub struct ClassificationHead<B: Backend> {
     kind: HeadKind,
 }
 
-impl<B: Backend> ClassificationHead<B> {
+impl<B: FusedOps> ClassificationHead<B> {
     /// A new head for `model`.
     pub fn new(config: &HeadConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
         Self::build(config, model, |_, d_in, d_out, bias| {

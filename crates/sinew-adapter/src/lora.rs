@@ -11,7 +11,8 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::{linear_flat, Bert, BertConfig, Hooks, Projection};
+use sinew_backbone::FusedOps;
+use sinew_backbone::{kernels, Bert, BertConfig, Hooks, Projection};
 
 use crate::bottleneck::model_prefix;
 use crate::error::{AdapterError, Result};
@@ -213,7 +214,7 @@ pub struct LoraSite<B: Backend> {
     scaling: f64,
 }
 
-impl<B: Backend> LoraSite<B> {
+impl<B: FusedOps> LoraSite<B> {
     fn new(config: &LoraConfig, d_in: usize, d_out: usize, device: &B::Device) -> Self {
         let r = config.r;
         let normal = |shape: [usize; 2]| {
@@ -287,7 +288,7 @@ impl<B: Backend> LoraSite<B> {
     pub fn apply(&self, x: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
         let factor = |t: Tensor<B, 3>| match &self.gate {
             // One gate per example: the mean over the sequence of the per-token gates.
-            Some(gate) => t * sigmoid(linear_flat(gate, x.clone())).mean_dim(1),
+            Some(gate) => t * sigmoid(kernels::linear(gate, x.clone())).mean_dim(1),
             None => t * self.scaling,
         };
         match &self.lora_a {
@@ -370,7 +371,7 @@ fn site_shape(model: &BertConfig, site: Projection) -> (&'static str, usize, usi
     }
 }
 
-impl<B: Backend> Method<B> for LoraAdapter<B> {
+impl<B: FusedOps> Method<B> for LoraAdapter<B> {
     type Config = LoraConfig;
 
     fn new(config: &LoraConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
@@ -404,6 +405,15 @@ impl<B: Backend> Method<B> for LoraAdapter<B> {
         )
     }
 
+    /// A gate averages over the sequence.
+    fn mixes_positions(&self) -> bool {
+        SITES
+            .into_iter()
+            .flat_map(|site| self.sites(site).into_iter().flatten())
+            .flatten()
+            .any(|s| s.gate.is_some())
+    }
+
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
         let root = model_prefix(model);
         for site in SITES {
@@ -420,7 +430,7 @@ impl<B: Backend> Method<B> for LoraAdapter<B> {
     }
 }
 
-impl<B: Backend> LoraAdapter<B> {
+impl<B: FusedOps> LoraAdapter<B> {
     fn build(
         config: &LoraConfig,
         model: &BertConfig,
@@ -521,7 +531,7 @@ impl<B: Backend> LoraAdapter<B> {
     }
 }
 
-fn projection_mut<B: Backend>(
+fn projection_mut<B: FusedOps>(
     layer: &mut sinew_backbone::model::Layer<B>,
     site: Projection,
 ) -> &mut Linear<B> {
@@ -536,7 +546,7 @@ fn projection_mut<B: Backend>(
 }
 
 /// LoRA and IA3 act on the projections where they have an update.
-impl<B: Backend> Hooks<B> for &LoraAdapter<B> {
+impl<B: FusedOps> Hooks<B> for &LoraAdapter<B> {
     fn project(
         &mut self,
         layer: usize,
@@ -544,7 +554,7 @@ impl<B: Backend> Hooks<B> for &LoraAdapter<B> {
         linear: &Linear<B>,
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let y = linear_flat(linear, x.clone());
+        let y = kernels::linear(linear, x.clone());
         self.update(layer, site, x, y)
     }
 }

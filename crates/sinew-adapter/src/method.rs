@@ -11,7 +11,7 @@ use burn::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sinew_backbone::{BertConfig, Hooks};
+use sinew_backbone::{BertConfig, FusedOps, Hooks};
 
 use crate::error::Result;
 use crate::tensors::{TensorFile, TensorSink};
@@ -50,7 +50,7 @@ pub trait MethodSpec:
 ///
 /// Its effect on the encoder is `impl Hooks<B> for &M`: a shared reference, because the same
 /// adapter serves every forward pass.
-pub trait Method<B: Backend>: Module<B> + Sized
+pub trait Method<B: FusedOps>: Module<B> + Sized
 where
     for<'a> &'a Self: Hooks<B>,
 {
@@ -77,6 +77,11 @@ where
     /// (`usize::MAX`: it acts nowhere). 0 for gates, which average over padded positions too —
     /// and those states depend on the batch's padding.
     fn unchanged_below(&self) -> usize;
+
+    /// Whether an output position depends on other positions at this adapter's sites (a gate
+    /// averaging over the sequence): then a pass cannot compute the last layer for the first
+    /// position alone (`sinew_backbone::Positions::First`).
+    fn mixes_positions(&self) -> bool;
 }
 
 /// [`Method::unchanged_below`] from per-layer sites (`Some` where the adapter acts, `true` where
@@ -167,7 +172,7 @@ macro_rules! register_methods {
             }
 
             /// A new adapter of this method for `model`.
-            pub fn init<B: burn::prelude::Backend>(
+            pub fn init<B: sinew_backbone::FusedOps>(
                 &self,
                 model: &sinew_backbone::BertConfig,
                 device: &B::Device,
@@ -179,7 +184,7 @@ macro_rules! register_methods {
             }
 
             /// Adapter `name` of this method read from `file`.
-            pub fn load<B: burn::prelude::Backend>(
+            pub fn load<B: sinew_backbone::FusedOps>(
                 &self,
                 model: &sinew_backbone::BertConfig,
                 name: &str,
@@ -193,12 +198,20 @@ macro_rules! register_methods {
             }
         }
 
-        impl<B: burn::prelude::Backend> Adapter<B> {
+        impl<B: sinew_backbone::FusedOps> Adapter<B> {
             /// See [`Method::unchanged_below`](crate::method::Method::unchanged_below).
             pub fn unchanged_below(&self) -> usize {
                 use $crate::method::Method;
                 match self {
                     $(Self::$variant(a) => a.unchanged_below(),)+
+                }
+            }
+
+            /// See [`Method::mixes_positions`](crate::method::Method::mixes_positions).
+            pub fn mixes_positions(&self) -> bool {
+                use $crate::method::Method;
+                match self {
+                    $(Self::$variant(a) => a.mixes_positions(),)+
                 }
             }
 
@@ -216,7 +229,7 @@ macro_rules! register_methods {
             }
         }
 
-        impl<B: burn::prelude::Backend> sinew_backbone::Hooks<B> for &Adapter<B> {
+        impl<B: sinew_backbone::FusedOps> sinew_backbone::Hooks<B> for &Adapter<B> {
             fn embedded(
                 &mut self,
                 hidden: burn::prelude::Tensor<B, 3>,
@@ -255,7 +268,7 @@ macro_rules! register_methods {
                 site: sinew_backbone::SubLayer,
                 output: burn::prelude::Tensor<B, 3>,
                 residual: burn::prelude::Tensor<B, 3>,
-                layer_norm: &burn::nn::LayerNorm<B>,
+                layer_norm: &sinew_backbone::LayerNorm<B>,
             ) -> burn::prelude::Tensor<B, 3> {
                 match *self {
                     $(Adapter::$variant(a) => sinew_backbone::Hooks::sublayer_end(&mut { a }, layer, site, output, residual, layer_norm),)+

@@ -14,7 +14,8 @@ use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::{linear_flat, AttentionKv, BertConfig, Hooks};
+use sinew_backbone::FusedOps;
+use sinew_backbone::{kernels, AttentionKv, BertConfig, Hooks};
 
 use crate::activation::Activation;
 use crate::bottleneck::model_prefix;
@@ -156,7 +157,7 @@ fn gate_key(model: &BertConfig, layer: usize, name: &str) -> String {
     )
 }
 
-impl<B: Backend> PrefixTuning<B> {
+impl<B: FusedOps> PrefixTuning<B> {
     fn with_parts(
         config: &PrefixTuningConfig,
         model: &BertConfig,
@@ -234,7 +235,7 @@ impl<B: Backend> PrefixTuning<B> {
     }
 }
 
-impl<B: Backend> Method<B> for PrefixTuning<B> {
+impl<B: FusedOps> Method<B> for PrefixTuning<B> {
     type Config = PrefixTuningConfig;
 
     fn new(config: &PrefixTuningConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
@@ -334,6 +335,11 @@ impl<B: Backend> Method<B> for PrefixTuning<B> {
         Ok(Self::with_parts(config, model, source, gates))
     }
 
+    /// Its gates read the attention input, which keeps every position.
+    fn mixes_positions(&self) -> bool {
+        false
+    }
+
     fn unchanged_below(&self) -> usize {
         crate::method::first_site_layer(
             self.chunks
@@ -371,7 +377,7 @@ impl<B: Backend> Method<B> for PrefixTuning<B> {
 
 /// Prefixes are prepended to the keys and values of every layer that has them; the mask marks
 /// them as always present.
-impl<B: Backend> Hooks<B> for &PrefixTuning<B> {
+impl<B: FusedOps> Hooks<B> for &PrefixTuning<B> {
     fn attention_kv(&mut self, layer: usize, kv: AttentionKv<B>) -> AttentionKv<B> {
         let Some(chunk) = self.chunks.get(layer).copied().flatten() else {
             return kv;
@@ -386,7 +392,7 @@ impl<B: Backend> Hooks<B> for &PrefixTuning<B> {
         let (mut key, mut value) = (per_example(key), per_example(value));
         if let Some(gate) = self.gates.get(layer).and_then(Option::as_ref) {
             // AdapterHub: the mean over positions (padding included) of σ(gate(input)).
-            let scores = sigmoid(linear_flat(gate, kv.input.clone())).mean_dim(1);
+            let scores = sigmoid(kernels::linear(gate, kv.input.clone())).mean_dim(1);
             let [_, _, outputs] = scores.dims();
             let factor = |i: usize| {
                 scores

@@ -7,6 +7,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
+use sinew_backbone::FusedOps;
 use sinew_backbone::{BertConfig, Hooks};
 
 use crate::bottleneck::model_prefix;
@@ -103,7 +104,7 @@ fn key(model: &BertConfig, name: &str) -> String {
     )
 }
 
-impl<B: Backend> Method<B> for PromptTuning<B> {
+impl<B: FusedOps> Method<B> for PromptTuning<B> {
     type Config = PromptTuningConfig;
 
     fn new(config: &PromptTuningConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
@@ -148,13 +149,18 @@ impl<B: Backend> Method<B> for PromptTuning<B> {
         0
     }
 
+    /// It acts before the first layer only.
+    fn mixes_positions(&self) -> bool {
+        false
+    }
+
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
         sink.put(key(model, name), self.prompt_embedding.val());
     }
 }
 
 /// The prompt is inserted after the embedding LayerNorm; its positions are never masked.
-impl<B: Backend> Hooks<B> for &PromptTuning<B> {
+impl<B: FusedOps> Hooks<B> for &PromptTuning<B> {
     fn embedded(
         &mut self,
         hidden: Tensor<B, 3>,

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use safetensors::SafeTensors;
+use sinew_backbone::FusedOps;
+use sinew_backbone::{LayerNorm, LayerNormConfig};
 
 use crate::error::{AdapterError, Result};
 
@@ -162,7 +164,7 @@ impl TensorFile {
     }
 
     /// Takes the tensor `key` of shape `shape` as a Burn tensor.
-    pub fn take_tensor<B: Backend, const D: usize>(
+    pub fn take_tensor<B: FusedOps, const D: usize>(
         &mut self,
         key: &str,
         shape: [usize; D],
@@ -176,7 +178,7 @@ impl TensorFile {
     }
 
     /// Takes `{prefix}.weight` `[out, in]` (and `{prefix}.bias` `[out]`) as a Burn `Linear`.
-    pub fn take_linear<B: Backend>(
+    pub fn take_linear<B: FusedOps>(
         &mut self,
         prefix: &str,
         d_in: usize,
@@ -201,7 +203,7 @@ impl TensorFile {
     }
 
     /// Takes `{prefix}.weight` and `{prefix}.bias` `[width]` as a Burn `LayerNorm`.
-    pub fn take_layer_norm<B: Backend>(
+    pub fn take_layer_norm<B: FusedOps>(
         &mut self,
         prefix: &str,
         width: usize,
@@ -233,7 +235,7 @@ pub struct TensorSink {
 
 impl TensorSink {
     /// Adds `tensor` under `key`, as f32 in its own shape.
-    pub fn put<B: Backend, const D: usize>(&mut self, key: String, tensor: Tensor<B, D>) {
+    pub fn put<B: FusedOps, const D: usize>(&mut self, key: String, tensor: Tensor<B, D>) {
         let shape = tensor.dims().to_vec();
         let values = tensor
             .into_data()
@@ -245,7 +247,7 @@ impl TensorSink {
     }
 
     /// Adds a Burn `Linear` as PyTorch stores it: `{prefix}.weight` `[out, in]`, `{prefix}.bias`.
-    pub fn put_linear<B: Backend>(&mut self, prefix: &str, linear: &Linear<B>) {
+    pub fn put_linear<B: FusedOps>(&mut self, prefix: &str, linear: &Linear<B>) {
         self.put(format!("{prefix}.weight"), linear.weight.val().transpose());
         if let Some(bias) = &linear.bias {
             self.put(format!("{prefix}.bias"), bias.val());
@@ -253,7 +255,7 @@ impl TensorSink {
     }
 
     /// Adds a Burn `LayerNorm` as PyTorch names it: `{prefix}.weight`, `{prefix}.bias`.
-    pub fn put_layer_norm<B: Backend>(&mut self, prefix: &str, norm: &LayerNorm<B>) {
+    pub fn put_layer_norm<B: FusedOps>(&mut self, prefix: &str, norm: &LayerNorm<B>) {
         self.put(format!("{prefix}.weight"), norm.gamma.val());
         if let Some(beta) = &norm.beta {
             self.put(format!("{prefix}.bias"), beta.val());

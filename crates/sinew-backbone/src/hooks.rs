@@ -15,8 +15,9 @@
 //! A hook may change the batch size at `sublayer_end` (AdapterHub's `Parallel` replicates the batch);
 //! the encoder then repeats the keep-mask to match.
 
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
+use sinew_kernels::{FusedOps, LayerNorm};
 
 /// One of the six linear projections of a transformer layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,7 +60,7 @@ pub struct AttentionKv<B: Backend> {
 }
 
 /// Extension points of the encoder; every default reproduces the plain transformer.
-pub trait Hooks<B: Backend> {
+pub trait Hooks<B: FusedOps> {
     /// After the embedding LayerNorm: `hidden` is `[batch, seq, hidden]`, `keep` is `[batch, seq]`.
     fn embedded(
         &mut self,
@@ -78,7 +79,7 @@ pub trait Hooks<B: Backend> {
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let _ = (layer, site);
-        crate::model::linear_flat(linear, x)
+        sinew_kernels::linear(linear, x)
     }
 
     /// Keys, values and mask of layer `layer` just before the attention scores are computed.
@@ -88,7 +89,7 @@ pub trait Hooks<B: Backend> {
     }
 
     /// The end of a sub-layer: `output` (dense + dropout) and `residual` are `[batch, seq, hidden]`;
-    /// the default is the post-LayerNorm residual `layer_norm(output + residual)`.
+    /// the default is the post-LayerNorm residual `layer_norm(output + residual)`, one fused op.
     fn sublayer_end(
         &mut self,
         layer: usize,
@@ -98,7 +99,7 @@ pub trait Hooks<B: Backend> {
         layer_norm: &LayerNorm<B>,
     ) -> Tensor<B, 3> {
         let _ = (layer, site);
-        layer_norm.forward(output + residual)
+        layer_norm.forward_add(output, residual)
     }
 }
 
@@ -106,4 +107,4 @@ pub trait Hooks<B: Backend> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHooks;
 
-impl<B: Backend> Hooks<B> for NoHooks {}
+impl<B: FusedOps> Hooks<B> for NoHooks {}

@@ -22,5 +22,6 @@ pub use config::BertConfig;
 pub use error::{BackboneError, Result};
 pub use hooks::{AttentionKv, Hooks, NoHooks, Projection, SubLayer};
 pub use load::{load_weights, ModelFiles, Pretrained};
-pub use model::{linear_flat, Bert, EncoderInput, EncoderOutput, Start};
+pub use model::{Bert, EncoderInput, EncoderOutput, Positions, Start};
+pub use sinew_kernels::{self as kernels, FusedAutodiff, FusedOps, LayerNorm, LayerNormConfig};
 pub use tokenizer::{TextTokenizer, TokenBatch};

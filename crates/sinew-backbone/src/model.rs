@@ -5,18 +5,12 @@
 //! renames Rust forces (`self` → `self_attention`, `LayerNorm` → `layer_norm`) live in
 //! [`crate::load`]. Every adapter hook site is marked `hooks.` below.
 
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use sinew_kernels::{self as kernels, FusedOps, LayerNorm, LayerNormConfig};
 
 use crate::config::BertConfig;
 use crate::hooks::{AttentionKv, Hooks, NoHooks, Projection, SubLayer};
-
-/// Added to the attention scores of padded keys, as HuggingFace does (`finfo(float32).min`).
-const MASKED_SCORE: f32 = f32::MIN;
 
 /// A tokenized batch, every tensor `[batch, seq]`.
 #[derive(Debug, Clone)]
@@ -79,6 +73,18 @@ impl<B: Backend> Start<'_, B> {
     }
 }
 
+/// Which positions of the last layer's output a caller reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Positions {
+    /// Every position (embeddings, token-level heads).
+    #[default]
+    All,
+    /// The first only (`[CLS]`/`<s>`: all that text-level heads and the pooler read). The last
+    /// layer then computes its queries, attention output and FFN for that position alone — its
+    /// keys and values still see every token — and `last_hidden_state` is `[batch, 1, hidden]`.
+    First,
+}
+
 /// Word, position and token-type embeddings, summed and normalised.
 #[derive(Module, Debug)]
 pub struct Embeddings<B: Backend> {
@@ -96,7 +102,7 @@ pub struct Embeddings<B: Backend> {
     roberta_pad: Option<usize>,
 }
 
-impl<B: Backend> Embeddings<B> {
+impl<B: FusedOps> Embeddings<B> {
     /// `[batch, seq]` ids → `[batch, seq, hidden]`.
     pub fn forward(&self, input: &EncoderInput<B>) -> Tensor<B, 3> {
         let positions = position_ids(&input.attention_mask, self.roberta_pad);
@@ -105,7 +111,7 @@ impl<B: Backend> Embeddings<B> {
             + self
                 .token_type_embeddings
                 .forward(input.token_type_ids.clone());
-        self.dropout.forward(self.layer_norm.forward(x))
+        kernels::dropout(self.layer_norm.forward(x), self.dropout.prob)
     }
 }
 
@@ -137,7 +143,7 @@ pub struct SelfAttention<B: Backend> {
     heads: usize,
 }
 
-impl<B: Backend> SelfAttention<B> {
+impl<B: FusedOps> SelfAttention<B> {
     /// `[batch, seq, hidden]` with keep-mask `[batch, seq]` → context `[batch, seq, hidden]`.
     pub fn forward<H: Hooks<B>>(
         &self,
@@ -146,13 +152,25 @@ impl<B: Backend> SelfAttention<B> {
         keep: Tensor<B, 2>,
         hooks: &mut H,
     ) -> Tensor<B, 3> {
-        let [batch, seq, width] = hidden.dims();
-        let head_dim = width / self.heads;
+        self.attend(layer, hidden.clone(), hidden, keep, hooks)
+    }
+
+    /// The context of `queries` `[batch, q, hidden]` (the first `q` positions of `hidden`)
+    /// attending over all of `hidden` `[batch, seq, hidden]` → `[batch, q, hidden]`.
+    pub fn attend<H: Hooks<B>>(
+        &self,
+        layer: usize,
+        queries: Tensor<B, 3>,
+        hidden: Tensor<B, 3>,
+        keep: Tensor<B, 2>,
+        hooks: &mut H,
+    ) -> Tensor<B, 3> {
+        let head_dim = hidden.dims()[2] / self.heads;
         let split = |x: Tensor<B, 3>| {
             let [b, s, _] = x.dims();
             x.reshape([b, s, self.heads, head_dim]).swap_dims(1, 2)
         };
-        let query = split(hooks.project(layer, Projection::Query, &self.query, hidden.clone()));
+        let query = split(hooks.project(layer, Projection::Query, &self.query, queries));
         let key = split(hooks.project(layer, Projection::Key, &self.key, hidden.clone()));
         let value = split(hooks.project(layer, Projection::Value, &self.value, hidden.clone()));
         let AttentionKv {
@@ -166,17 +184,8 @@ impl<B: Backend> SelfAttention<B> {
                 input: hidden,
             },
         );
-
-        let keys = keep.dims()[1];
-        let bias = (keep.neg() + 1.0)
-            .mul_scalar(MASKED_SCORE)
-            .reshape([batch, 1, 1, keys]);
-        let scores = query.matmul(key.swap_dims(2, 3)) / (head_dim as f64).sqrt() + bias;
-        let probs = self.dropout.forward(softmax(scores, 3));
-        probs
-            .matmul(value)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, width])
+        // softmax(q·kᵀ/√d + mask)·v, dropout on the probabilities, heads merged back: one op.
+        kernels::attention(query, key, value, keep, self.dropout.prob)
     }
 }
 
@@ -191,7 +200,7 @@ pub struct SubLayerOutput<B: Backend> {
     dropout: Dropout,
 }
 
-impl<B: Backend> SubLayerOutput<B> {
+impl<B: FusedOps> SubLayerOutput<B> {
     /// `x` `[batch, seq, in]`, `residual` `[batch, seq, hidden]` → `[batch, seq, hidden]`.
     pub fn forward<H: Hooks<B>>(
         &self,
@@ -205,9 +214,10 @@ impl<B: Backend> SubLayerOutput<B> {
             SubLayer::Attention => Projection::AttentionOutput,
             SubLayer::FeedForward => Projection::Output,
         };
-        let out = self
-            .dropout
-            .forward(hooks.project(layer, projection, &self.dense, x));
+        let out = kernels::dropout(
+            hooks.project(layer, projection, &self.dense, x),
+            self.dropout.prob,
+        );
         hooks.sublayer_end(layer, site, out, residual, &self.layer_norm)
     }
 }
@@ -239,7 +249,7 @@ pub struct Layer<B: Backend> {
     pub output: SubLayerOutput<B>,
 }
 
-impl<B: Backend> Layer<B> {
+impl<B: FusedOps> Layer<B> {
     /// `[batch, seq, hidden]` → `[batch', seq, hidden]` (`batch'` differs only if a hook replicates).
     pub fn forward<H: Hooks<B>>(
         &self,
@@ -248,15 +258,32 @@ impl<B: Backend> Layer<B> {
         keep: Tensor<B, 2>,
         hooks: &mut H,
     ) -> Tensor<B, 3> {
-        let context = self
-            .attention
-            .self_attention
-            .forward(index, hidden.clone(), keep, hooks);
+        self.forward_for(index, hidden, keep, hooks, Positions::All)
+    }
+
+    /// [`forward`](Self::forward) computing only the output `positions` (`[batch', 1, hidden]`
+    /// for [`Positions::First`]).
+    pub fn forward_for<H: Hooks<B>>(
+        &self,
+        index: usize,
+        hidden: Tensor<B, 3>,
+        keep: Tensor<B, 2>,
+        hooks: &mut H,
+        positions: Positions,
+    ) -> Tensor<B, 3> {
+        let queries = match positions {
+            Positions::All => hidden.clone(),
+            Positions::First => hidden.clone().narrow(1, 0, 1),
+        };
+        let context =
+            self.attention
+                .self_attention
+                .attend(index, queries.clone(), hidden, keep, hooks);
         let attended =
             self.attention
                 .output
-                .forward(index, SubLayer::Attention, context, hidden, hooks);
-        let inner = gelu_exact(hooks.project(
+                .forward(index, SubLayer::Attention, context, queries, hooks);
+        let inner = kernels::gelu(hooks.project(
             index,
             Projection::Intermediate,
             &self.intermediate.dense,
@@ -347,7 +374,7 @@ impl BertConfig {
     }
 }
 
-impl<B: Backend> Bert<B> {
+impl<B: FusedOps> Bert<B> {
     /// The plain encoder, no adapters.
     pub fn forward(&self, input: &EncoderInput<B>) -> EncoderOutput<B> {
         self.forward_with(input, &mut NoHooks)
@@ -375,6 +402,18 @@ impl<B: Backend> Bert<B> {
 
     /// The encoder from `start`, with adapters acting at the [`Hooks`] sites.
     pub fn run<H: Hooks<B>>(&self, start: Start<'_, B>, hooks: &mut H) -> EncoderOutput<B> {
+        self.run_for(start, hooks, Positions::All)
+    }
+
+    /// [`run`](Self::run) for a caller that reads only `positions` of the output: with
+    /// [`Positions::First`] the last layer runs for the first position alone and the output
+    /// (`last_hidden_state`, `keep`) holds that position only; the pooler is unchanged.
+    pub fn run_for<H: Hooks<B>>(
+        &self,
+        start: Start<'_, B>,
+        hooks: &mut H,
+        positions: Positions,
+    ) -> EncoderOutput<B> {
         let (first, mut hidden, mut keep) = match start {
             Start::Tokens(input) => {
                 let keep = input.attention_mask.clone().float();
@@ -387,9 +426,18 @@ impl<B: Backend> Bert<B> {
                 keep,
             } => (layer, hidden, keep),
         };
+        let last = self.encoder.layer.len().saturating_sub(1);
         for (index, layer) in self.encoder.layer.iter().enumerate().skip(first) {
-            hidden = layer.forward(index, hidden, keep.clone(), hooks);
+            let wanted = if index == last {
+                positions
+            } else {
+                Positions::All
+            };
+            hidden = layer.forward_for(index, hidden, keep.clone(), hooks, wanted);
             keep = repeat_to_batch(keep, hidden.dims()[0]);
+        }
+        if positions == Positions::First && first < self.encoder.layer.len() {
+            keep = keep.narrow(1, 0, 1);
         }
         let pooler_output = self.pooler.as_ref().map(|pooler| {
             let [batch, _, width] = hidden.dims();
@@ -397,7 +445,7 @@ impl<B: Backend> Bert<B> {
                 .clone()
                 .slice([0..batch, 0..1])
                 .reshape([batch, width]);
-            pooler.dense.forward(first).tanh()
+            kernels::linear(&pooler.dense, first).tanh()
         });
         EncoderOutput {
             last_hidden_state: hidden,
@@ -410,38 +458,6 @@ impl<B: Backend> Bert<B> {
     pub fn num_layers(&self) -> usize {
         self.encoder.layer.len()
     }
-}
-
-/// Exact (erf) GELU. Burn's fused `gelu` back-propagates the derivative of the tanh
-/// approximation on some backends, so under autodiff the erf form is composed from primitives
-/// whose derivatives are exact.
-pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if B::ad_enabled(&x.device()) {
-        x.clone() * (x / std::f64::consts::SQRT_2).erf().add_scalar(1.0) * 0.5
-    } else {
-        gelu(x)
-    }
-}
-
-/// `linear` over the last dimension of `x`, as one 2-D product. Burn's `Linear::forward` on a
-/// `[batch, seq, in]` input differentiates the weight as one `in × out` product per leading index,
-/// summed afterwards (for a fusion's `[batch, seq, adapters, in]` keys: batch·seq of them, gigabytes
-/// of temporaries); with the leading dimensions flattened it is a single GEMM. Without autodiff
-/// there is no weight gradient, and the input is passed as it is (the flattening reshapes cost
-/// more than they save there).
-pub fn linear_flat<B: Backend, const D: usize>(
-    linear: &Linear<B>,
-    x: Tensor<B, D>,
-) -> Tensor<B, D> {
-    if D <= 2 || !B::ad_enabled(&x.device()) {
-        return linear.forward(x);
-    }
-    let mut dims = x.dims();
-    let d_in = dims[D - 1];
-    let rows = dims[..D - 1].iter().product();
-    let y = linear.forward(x.reshape([rows, d_in]));
-    dims[D - 1] = y.dims()[1];
-    y.reshape(dims)
 }
 
 /// A hook that replicated the batch (AdapterHub's `Parallel`) makes the mask follow.
@@ -598,7 +614,7 @@ mod tests {
             0.841_344_75,
             2.995_950_3,
         ];
-        gelu(x)
+        kernels::gelu(x)
             .into_data()
             .assert_approx_eq::<f32>(&TensorData::from(expected), Tolerance::absolute(1e-6));
     }
@@ -610,7 +626,7 @@ mod tests {
         let xs = [-2.0f64, -0.5, 0.3, 1.0, 3.0];
         let x = Tensor::<A, 1>::from_floats([-2.0, -0.5, 0.3, 1.0, 3.0], &Default::default())
             .require_grad();
-        let grads = gelu_exact(x.clone()).sum().backward();
+        let grads = kernels::gelu(x.clone()).sum().backward();
         let got = x.grad(&grads).unwrap();
         // Φ(x) + x·φ(x), with erf from its own series.
         let expected: Vec<f32> = xs
@@ -704,6 +720,30 @@ mod tests {
             &TensorData::new(expected, [1, 3, 8]),
             Tolerance::absolute(1e-5),
         );
+    }
+
+    /// The first-position path equals the full pass at that position (and leaves the pooler as
+    /// it is), with padding in the batch.
+    #[test]
+    fn first_position_equals_full_pass() {
+        let model = tiny().init::<B>(true, &Default::default());
+        let x = input([[1, 2, 3, 0], [4, 5, 0, 0]], [[1, 1, 1, 0], [1, 1, 0, 0]]);
+        let full = model.run(Start::Tokens(&x), &mut NoHooks);
+        let first = model.run_for(Start::Tokens(&x), &mut NoHooks, Positions::First);
+        assert_eq!(first.last_hidden_state.dims(), [2, 1, 8]);
+        assert_eq!(first.keep.dims(), [2, 1]);
+        first.last_hidden_state.into_data().assert_approx_eq::<f32>(
+            &full.last_hidden_state.narrow(1, 0, 1).into_data(),
+            Tolerance::absolute(1e-6),
+        );
+        first
+            .pooler_output
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &full.pooler_output.unwrap().into_data(),
+                Tolerance::absolute(1e-6),
+            );
     }
 
     /// Mean pooling divides by the number of real tokens only.

@@ -3,17 +3,19 @@
 //! is [`State`]); LoRA, prefix and prompt adapters of a top-level `Stack` act at their own sites
 //! one after another.
 
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 use sinew_adapter::bottleneck::Bottleneck;
 use sinew_adapter::Adapter;
-use sinew_backbone::{linear_flat, AttentionKv, Hooks, Projection, SubLayer};
+use sinew_backbone::FusedOps;
+use sinew_backbone::LayerNorm;
+use sinew_backbone::{kernels, AttentionKv, Hooks, Projection, SubLayer};
 
 use crate::fusion::{AdapterFusion, FusionConfig, Semantics};
 use crate::setup::Setup;
 
 /// What a composition reads: adapters and fusions by name.
-pub trait Registry<B: Backend> {
+pub trait Registry<B: FusedOps> {
     /// Adapter `name`.
     fn adapter(&self, name: &str) -> Option<&Adapter<B>>;
     /// Fusion `name` (`a,b,c`) and its config.
@@ -38,7 +40,7 @@ struct State<B: Backend> {
     last: Option<String>,
 }
 
-impl<B: Backend> State<B> {
+impl<B: FusedOps> State<B> {
     fn map(self, f: impl Fn(Tensor<B, 3>) -> Tensor<B, 3>) -> Self {
         Self {
             hidden: f(self.hidden),
@@ -67,7 +69,7 @@ impl<B: Backend> State<B> {
 }
 
 /// The hooks of one forward pass through a composed setup.
-pub struct Composition<'a, B: Backend, R: Registry<B>> {
+pub struct Composition<'a, B: FusedOps, R: Registry<B>> {
     registry: &'a R,
     setup: &'a Setup,
     semantics: Semantics,
@@ -79,7 +81,7 @@ pub struct Composition<'a, B: Backend, R: Registry<B>> {
     site: SubLayer,
 }
 
-impl<'a, B: Backend, R: Registry<B>> Composition<'a, B, R> {
+impl<'a, B: FusedOps, R: Registry<B>> Composition<'a, B, R> {
     /// Hooks for `setup` (already checked against `registry`).
     pub fn new(registry: &'a R, setup: &'a Setup, semantics: Semantics, attentions: bool) -> Self {
         Self {
@@ -309,24 +311,24 @@ impl<'a, B: Backend, R: Registry<B>> Composition<'a, B, R> {
 /// `n` copies of `t` one after another along the batch: `[t; t; …]`. (Burn 0.21's autodiff
 /// sums the gradient of `repeat_dim(0, n)` over the wrong rows when the batch has more than one
 /// row; concatenation differentiates correctly.)
-pub fn tile<B: Backend, const D: usize, K>(t: Tensor<B, D, K>, n: usize) -> Tensor<B, D, K>
+pub fn tile<B: FusedOps, const D: usize, K>(t: Tensor<B, D, K>, n: usize) -> Tensor<B, D, K>
 where
     K: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>,
 {
     Tensor::cat(vec![t; n], 0)
 }
 
-fn slice_rows<B: Backend>(t: Tensor<B, 3>, rows: std::ops::Range<usize>) -> Tensor<B, 3> {
+fn slice_rows<B: FusedOps>(t: Tensor<B, 3>, rows: std::ops::Range<usize>) -> Tensor<B, 3> {
     let [_, s, h] = t.dims();
     t.slice([rows, 0..s, 0..h])
 }
 
-fn slice_positions<B: Backend>(t: Tensor<B, 3>, cols: std::ops::Range<usize>) -> Tensor<B, 3> {
+fn slice_positions<B: FusedOps>(t: Tensor<B, 3>, cols: std::ops::Range<usize>) -> Tensor<B, 3> {
     let [b, _, h] = t.dims();
     t.slice([0..b, cols, 0..h])
 }
 
-impl<B: Backend, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
+impl<B: FusedOps, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
     fn embedded(
         &mut self,
         hidden: Tensor<B, 3>,
@@ -343,7 +345,7 @@ impl<B: Backend, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
         linear: &Linear<B>,
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let y = linear_flat(linear, x.clone());
+        let y = kernels::linear(linear, x.clone());
         self.others().fold(y, |y, a| match a {
             Adapter::Lora(lora) => lora.update(layer, site, x.clone(), y),
             _ => y,
@@ -370,7 +372,7 @@ impl<B: Backend, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
             .into_iter()
             .any(|n| self.bottleneck(n).is_some());
         if !present {
-            return layer_norm.forward(output + residual);
+            return layer_norm.forward_add(output, residual);
         }
         let state = State {
             hidden: output.clone(),
@@ -393,7 +395,7 @@ impl<B: Backend, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
                 };
                 b.post_forward(state.hidden, output, state.input, layer_norm)
             }
-            None => layer_norm.forward(state.hidden + state.input),
+            None => layer_norm.forward_add(state.hidden, state.input),
         }
     }
 }

@@ -11,16 +11,18 @@
 //! and every replica continues from `h`. With one adapter and `V = I` this is exactly the adapter
 //! alone; with several, the attention picks per token how much of each adapter's change to take.
 
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::prelude::*;
 use sinew_adapter::Adapter;
-use sinew_backbone::{linear_flat, Hooks, Projection, SubLayer};
+use sinew_backbone::FusedOps;
+use sinew_backbone::LayerNorm;
+use sinew_backbone::{kernels, Hooks, Projection, SubLayer};
 
 use crate::compose::{tile, FusionAttentions, Registry};
 use crate::fusion::{AdapterFusion, Semantics};
 
 /// Whether `adapter` acts on sub-layer `site` of `layer` (through its projections).
-pub fn acts_in<B: Backend>(adapter: &Adapter<B>, layer: usize, site: SubLayer) -> bool {
+pub fn acts_in<B: FusedOps>(adapter: &Adapter<B>, layer: usize, site: SubLayer) -> bool {
     let Adapter::Lora(lora) = adapter else {
         return false;
     };
@@ -47,7 +49,7 @@ pub struct DeltaFusion<'a, B: Backend> {
     pub attentions: Option<FusionAttentions<B>>,
 }
 
-impl<'a, B: Backend> DeltaFusion<'a, B> {
+impl<'a, B: FusedOps> DeltaFusion<'a, B> {
     /// Hooks fusing `names` (LoRA/IA3 adapters of `registry`) with fusion `fusion`.
     pub fn new<R: Registry<B>>(
         registry: &'a R,
@@ -74,7 +76,7 @@ impl<'a, B: Backend> DeltaFusion<'a, B> {
     }
 }
 
-impl<B: Backend> Hooks<B> for DeltaFusion<'_, B> {
+impl<B: FusedOps> Hooks<B> for DeltaFusion<'_, B> {
     fn embedded(
         &mut self,
         hidden: Tensor<B, 3>,
@@ -92,7 +94,7 @@ impl<B: Backend> Hooks<B> for DeltaFusion<'_, B> {
         linear: &Linear<B>,
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let y = linear_flat(linear, x.clone());
+        let y = kernels::linear(linear, x.clone());
         if !self
             .adapters
             .iter()
@@ -126,7 +128,7 @@ impl<B: Backend> Hooks<B> for DeltaFusion<'_, B> {
                 let deltas: Vec<Tensor<B, 3>> = (1..n)
                     .map(|i| self.rows(output.clone(), i) - z0.clone())
                     .collect();
-                let query = layer_norm.forward(z0.clone() + r.clone());
+                let query = layer_norm.forward_add(z0.clone(), r.clone());
                 let out = fusion.forward(
                     query,
                     Tensor::stack(deltas, 2),
@@ -139,7 +141,7 @@ impl<B: Backend> Hooks<B> for DeltaFusion<'_, B> {
                 }
                 layer_norm.forward(out.hidden)
             }
-            None => layer_norm.forward(z0 + r),
+            None => layer_norm.forward_add(z0, r),
         };
         tile(hidden, n)
     }

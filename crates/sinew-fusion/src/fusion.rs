@@ -14,7 +14,8 @@ use burn::tensor::activation::softmax;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 use sinew_adapter::tensors::{TensorFile, TensorSink};
-use sinew_backbone::{linear_flat, BertConfig, SubLayer};
+use sinew_backbone::FusedOps;
+use sinew_backbone::{kernels, BertConfig, SubLayer};
 
 fn yes() -> bool {
     true
@@ -128,7 +129,7 @@ pub struct FusionLayer<B: Backend> {
     config: FusionConfig,
 }
 
-impl<B: Backend> FusionLayer<B> {
+impl<B: FusedOps> FusionLayer<B> {
     /// A new layer, initialised as AdapterHub does (normal(0, 0.02) weights, zero biases; an
     /// identity value with `value_initialized`).
     pub fn new(config: &FusionConfig, model: &BertConfig, device: &B::Device) -> Self {
@@ -230,15 +231,15 @@ impl<B: Backend> FusionLayer<B> {
             }
         }
         let q = match &self.query {
-            Some(l) => linear_flat(l, query),
+            Some(l) => kernels::linear(l, query),
             None => query,
         };
         let k = match &self.key {
-            Some(l) => linear_flat(l, keys),
+            Some(l) => kernels::linear(l, keys),
             None => keys,
         };
         let v = match (&self.value, c.value_before_softmax) {
-            (Some(l), true) => linear_flat(l, values),
+            (Some(l), true) => kernels::linear(l, values),
             _ => values,
         };
         // [b, s, 1, h] · [b, s, h, n] → [b, s, 1, n]
@@ -255,7 +256,7 @@ impl<B: Backend> FusionLayer<B> {
             .matmul(v)
             .reshape([batch, seq, h]);
         if let (Some(l), false) = (&self.value, c.value_before_softmax) {
-            context = linear_flat(l, context);
+            context = kernels::linear(l, context);
         }
         if !c.residual_before {
             context = context + residual;
@@ -290,7 +291,7 @@ pub fn location(site: SubLayer) -> &'static str {
     }
 }
 
-impl<B: Backend> AdapterFusion<B> {
+impl<B: FusedOps> AdapterFusion<B> {
     /// Builds a layer at each `(layer, site)` for which `placed` says the fused adapters sit there.
     pub fn build(
         config: &FusionConfig,

@@ -18,6 +18,7 @@ use nalgebra::DMatrix;
 use rand::{Rng, SeedableRng};
 use sinew_adapter::lora::{CompositionMode, LoraAdapter, LoraConfig, LoraSite};
 use sinew_adapter::Method;
+use sinew_backbone::FusedOps;
 use sinew_backbone::{BertConfig, Projection};
 
 /// How the updates are combined.
@@ -192,7 +193,7 @@ pub fn merge(parts: &[LowRank], options: &MergeOptions) -> Result<LowRank, Strin
 
 /// Merges LoRA/IA3 adapters placed at the same projections into a new adapter of `model`.
 /// IA3 adapters (scaling vectors) merge by `linear` only.
-pub fn merge_lora<B: Backend>(
+pub fn merge_lora<B: FusedOps>(
     model: &BertConfig,
     inputs: &[(&LoraConfig, &LoraAdapter<B>)],
     options: &MergeOptions,
@@ -302,7 +303,7 @@ const SITES: [Projection; 5] = [
     Projection::Output,
 ];
 
-fn sites_mut<B: Backend>(
+fn sites_mut<B: FusedOps>(
     adapter: &mut LoraAdapter<B>,
     site: Projection,
 ) -> &mut Vec<Option<LoraSite<B>>> {

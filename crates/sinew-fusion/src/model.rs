@@ -7,7 +7,9 @@
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
-use sinew_backbone::{Bert, BertConfig, EncoderInput, EncoderOutput, NoHooks, Start};
+use sinew_backbone::{
+    Bert, BertConfig, EncoderInput, EncoderOutput, FusedOps, NoHooks, Positions, Start,
+};
 
 use std::path::Path;
 
@@ -18,7 +20,8 @@ use sinew_adapter::folder::{
 };
 use sinew_adapter::tensors::{TensorFile, TensorSink};
 use sinew_adapter::{
-    Adapter, AdapterError, ClassificationHead, HeadConfig, HeadLogits, MethodConfig, Result,
+    Adapter, AdapterError, ClassificationHead, HeadConfig, HeadKind, HeadLogits, MethodConfig,
+    Result,
 };
 
 use crate::compose::{Composition, FusionAttentions, Registry};
@@ -88,6 +91,15 @@ pub struct HeadOutput<B: Backend> {
     pub logits: HeadLogits<B>,
 }
 
+/// What a forward pass must produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outputs {
+    /// The encoder's output at every position and the heads' logits.
+    Everything,
+    /// The heads' logits only.
+    Logits,
+}
+
 /// What one forward pass returns.
 #[derive(Debug, Clone)]
 pub struct AdapterOutput<B: Backend> {
@@ -104,7 +116,7 @@ pub struct AdapterOutput<B: Backend> {
     pub fusion_attentions: Option<FusionAttentions<B>>,
 }
 
-impl<B: Backend> AdapterModel<B> {
+impl<B: FusedOps> AdapterModel<B> {
     /// Wraps a loaded backbone; no adapters yet.
     pub fn new(backbone: Bert<B>, config: BertConfig) -> Self {
         Self {
@@ -260,7 +272,7 @@ impl<B: Backend> AdapterModel<B> {
         for name in setup.flatten() {
             self.adapter_index(name)?;
         }
-        fn walk<B: Backend>(model: &AdapterModel<B>, s: &Setup, top_stack: bool) -> Result<()> {
+        fn walk<B: FusedOps>(model: &AdapterModel<B>, s: &Setup, top_stack: bool) -> Result<()> {
             match s {
                 Setup::Adapter(name) => {
                     let i = model.adapter_index(name)?;
@@ -376,7 +388,7 @@ impl<B: Backend> AdapterModel<B> {
 
     /// The modules with a trainable parameter (the others are `None`): what a checkpoint keeps.
     pub fn trained_parts(&self) -> TrainedParts<B> {
-        fn keep<B: Backend, M: Module<B> + Clone>(m: &M) -> Option<M> {
+        fn keep<B: FusedOps, M: Module<B> + Clone>(m: &M) -> Option<M> {
             let mut counter = ParamCounter::default();
             m.visit(&mut counter);
             (counter.trainable > 0).then(|| m.clone())
@@ -392,7 +404,7 @@ impl<B: Backend> AdapterModel<B> {
     /// Puts saved [`trained_parts`](Self::trained_parts) back (each keeps whether it trains);
     /// the model must hold the same adapters, heads and fusions, in the same order.
     pub fn restore_parts(&mut self, parts: TrainedPartsRecord<B>) -> Result<()> {
-        fn put<B: Backend, M: Module<B> + Clone>(
+        fn put<B: FusedOps, M: Module<B> + Clone>(
             what: &str,
             slots: &mut [M],
             saved: Vec<Option<M::Record>>,
@@ -727,10 +739,27 @@ impl<B: Backend> AdapterModel<B> {
         self.run(input, false)
     }
 
+    /// [`forward`](Self::forward) for a caller that reads only the heads' logits (training,
+    /// evaluation, prediction): when every head of the setup reads only the first position, the
+    /// last layer runs for that position alone, and `encoded` holds only it. The logits are the
+    /// full pass's (tested).
+    pub fn logits(&self, input: &EncoderInput<B>) -> Result<AdapterOutput<B>> {
+        self.logits_from(Start::Tokens(input))
+    }
+
+    /// [`logits`](Self::logits) from `start` (as [`forward_from`](Self::forward_from)).
+    pub fn logits_from(&self, start: Start<'_, B>) -> Result<AdapterOutput<B>> {
+        self.from(start, Outputs::Logits)
+    }
+
     /// [`forward`](Self::forward) from `start`: with [`Start::Hidden`], from the hidden states
     /// entering a layer at or below [`frozen_prefix`](Self::frozen_prefix), computed once by
     /// [`Bert::hidden_before`] and reused (the layers below run with no adapter anyway).
     pub fn forward_from(&self, start: Start<'_, B>) -> Result<AdapterOutput<B>> {
+        self.from(start, Outputs::Everything)
+    }
+
+    fn from(&self, start: Start<'_, B>, outputs: Outputs) -> Result<AdapterOutput<B>> {
         if let Start::Hidden { layer, .. } = &start {
             let frozen = self.frozen_prefix();
             if *layer > frozen {
@@ -739,7 +768,7 @@ impl<B: Backend> AdapterModel<B> {
                 )));
             }
         }
-        self.run_setup(start, self.active.as_ref(), false)
+        self.run_setup(start, self.active.as_ref(), false, outputs)
     }
 
     /// How many of the lowest layers run as pretrained under the active setup, with nothing
@@ -775,6 +804,25 @@ impl<B: Backend> AdapterModel<B> {
         &self,
         input: &EncoderInput<B>,
         tasks: &[&str],
+    ) -> Result<AdapterOutput<B>> {
+        self.routed(input, tasks, Outputs::Everything)
+    }
+
+    /// [`forward_routed`](Self::forward_routed) for a caller that reads only the logits (see
+    /// [`logits`](Self::logits)).
+    pub fn logits_routed(
+        &self,
+        input: &EncoderInput<B>,
+        tasks: &[&str],
+    ) -> Result<AdapterOutput<B>> {
+        self.routed(input, tasks, Outputs::Logits)
+    }
+
+    fn routed(
+        &self,
+        input: &EncoderInput<B>,
+        tasks: &[&str],
+        outputs: Outputs,
     ) -> Result<AdapterOutput<B>> {
         let [batch, _] = input.input_ids.dims();
         if tasks.len() != batch {
@@ -830,7 +878,7 @@ impl<B: Backend> AdapterModel<B> {
             ),
             &device,
         );
-        let out = self.run_setup(Start::Tokens(&sorted), Some(&setup), false)?;
+        let out = self.run_setup(Start::Tokens(&sorted), Some(&setup), false, outputs)?;
         let encoded = out.encoded;
         Ok(AdapterOutput {
             encoded: EncoderOutput {
@@ -853,7 +901,42 @@ impl<B: Backend> AdapterModel<B> {
     }
 
     fn run(&self, input: &EncoderInput<B>, attentions: bool) -> Result<AdapterOutput<B>> {
-        self.run_setup(Start::Tokens(input), self.active.as_ref(), attentions)
+        self.run_setup(
+            Start::Tokens(input),
+            self.active.as_ref(),
+            attentions,
+            Outputs::Everything,
+        )
+    }
+
+    /// The positions of the last layer a pass must compute: the first only when just the logits
+    /// are wanted and every head reads only it (no tagging head, no `Split` moving positions,
+    /// no gate averaging over positions, no fusion attentions asked for).
+    fn positions(&self, setup: Option<&Setup>, attentions: bool, outputs: Outputs) -> Positions {
+        let heads = match setup {
+            Some(s) => s.heads(),
+            None => self.bare_head.iter().cloned().collect(),
+        };
+        let text_heads = heads.iter().all(|name| {
+            Self::index_of(&self.head_names, name)
+                .is_none_or(|i| self.heads[i].kind() != HeadKind::Tagging)
+        });
+        let gated = setup.is_some_and(|s| {
+            s.flatten()
+                .into_iter()
+                .filter_map(|name| self.adapter(name))
+                .any(Adapter::mixes_positions)
+        });
+        let first = outputs == Outputs::Logits
+            && !attentions
+            && text_heads
+            && !gated
+            && !setup.is_some_and(Setup::splits_positions);
+        if first {
+            Positions::First
+        } else {
+            Positions::All
+        }
     }
 
     fn run_setup(
@@ -861,18 +944,20 @@ impl<B: Backend> AdapterModel<B> {
         start: Start<'_, B>,
         setup: Option<&Setup>,
         attentions: bool,
+        outputs: Outputs,
     ) -> Result<AdapterOutput<B>> {
         let merged = self.merged.as_ref().map(|(n, _)| n.as_str());
         let [batch, seq] = start.dims();
+        let positions = self.positions(setup, attentions, outputs);
         let mut fusion_attentions = None;
         let encoded = match setup {
             // A merged adapter already lives in the backbone's weights.
             Some(Setup::Adapter(name)) if Some(name.as_str()) == merged => {
-                self.backbone.run(start, &mut NoHooks)
+                self.backbone.run_for(start, &mut NoHooks, positions)
             }
             Some(Setup::Adapter(name)) => {
                 let mut adapter = &self.adapters[self.adapter_index(name)?];
-                self.backbone.run(start, &mut adapter)
+                self.backbone.run_for(start, &mut adapter, positions)
             }
             Some(setup) if self.delta_fusion(setup).is_some() => {
                 let names = self.delta_fusion(setup).expect("checked");
@@ -881,7 +966,7 @@ impl<B: Backend> AdapterModel<B> {
                     .fusion(&name)
                     .ok_or_else(|| AdapterError::Input(format!("no fusion `{name}` is loaded")))?;
                 let mut hooks = DeltaFusion::new(self, &names, fusion, self.semantics, attentions);
-                let encoded = self.backbone.run(start, &mut hooks);
+                let encoded = self.backbone.run_for(start, &mut hooks, positions);
                 fusion_attentions = hooks.attentions;
                 // Every replica holds the fused states: keep the first.
                 slice_output(&encoded, 0..batch)
@@ -889,11 +974,11 @@ impl<B: Backend> AdapterModel<B> {
             Some(setup) => {
                 check_sizes(setup, batch, seq)?;
                 let mut hooks = Composition::new(self, setup, self.semantics, attentions);
-                let encoded = self.backbone.run(start, &mut hooks);
+                let encoded = self.backbone.run_for(start, &mut hooks, positions);
                 fusion_attentions = hooks.attentions;
                 encoded
             }
-            None => self.backbone.run(start, &mut NoHooks),
+            None => self.backbone.run_for(start, &mut NoHooks, positions),
         };
         let heads = self.head_outputs(setup, &encoded, batch)?;
         let (logits, token_logits) = match heads.as_slice() {
@@ -985,7 +1070,7 @@ impl<B: Backend> AdapterModel<B> {
     }
 }
 
-impl<B: Backend> Registry<B> for AdapterModel<B> {
+impl<B: FusedOps> Registry<B> for AdapterModel<B> {
     fn adapter(&self, name: &str) -> Option<&Adapter<B>> {
         Self::index_of(&self.adapter_names, name).map(|i| &self.adapters[i])
     }
@@ -1022,7 +1107,7 @@ fn check_sizes(setup: &Setup, batch: usize, seq: usize) -> Result<()> {
 }
 
 /// Rows `rows` of an encoder output.
-fn slice_output<B: Backend>(
+fn slice_output<B: FusedOps>(
     encoded: &EncoderOutput<B>,
     rows: std::ops::Range<usize>,
 ) -> EncoderOutput<B> {
@@ -1041,13 +1126,13 @@ fn slice_output<B: Backend>(
 /// Sets whether every parameter of a module is trained.
 struct RequireGrad(bool);
 
-impl<B: Backend> ModuleMapper<B> for RequireGrad {
+impl<B: FusedOps> ModuleMapper<B> for RequireGrad {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         param.set_require_grad(self.0)
     }
 }
 
-fn set_trainable<B: Backend, M: Module<B>>(module: M, trainable: bool) -> M {
+fn set_trainable<B: FusedOps, M: Module<B>>(module: M, trainable: bool) -> M {
     module.map(&mut RequireGrad(trainable))
 }
 
@@ -1058,7 +1143,7 @@ struct ParamCounter {
     total: usize,
 }
 
-impl<B: Backend> ModuleVisitor<B> for ParamCounter {
+impl<B: FusedOps> ModuleVisitor<B> for ParamCounter {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let n = param.shape().num_elements();
         self.total += n;

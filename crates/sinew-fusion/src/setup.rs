@@ -106,6 +106,15 @@ impl Setup {
         }
     }
 
+    /// Whether a block splits the sequence (`Split`): its children see other positions.
+    pub fn splits_positions(&self) -> bool {
+        match self {
+            Self::Split(..) => true,
+            Self::Adapter(_) => false,
+            _ => self.children().iter().any(Setup::splits_positions),
+        }
+    }
+
     /// Parses a setup expression: a name, or `Block(child, …[, key=value])`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut parser = Parser { text, pos: 0 };

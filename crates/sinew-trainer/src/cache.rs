@@ -19,7 +19,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
+use sinew_backbone::FusedAutodiff;
 use sinew_backbone::TokenBatch;
 use sinew_fusion::AdapterModel;
 
@@ -70,7 +70,7 @@ impl ActivationCache {
     /// The states entering [`layer`](Self::layer) for `batch` (examples `indices` of task
     /// `task`, collated in that order), `[batch, seq, hidden]`, and its keep-mask `[batch, seq]`.
     /// Examples seen for the first time run through the layers below, without autodiff.
-    pub fn start<B: AutodiffBackend>(
+    pub fn start<B: FusedAutodiff>(
         &mut self,
         model: &AdapterModel<B>,
         task: usize,

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use burn::optim::Optimizer;
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
+use sinew_backbone::{FusedAutodiff, FusedOps};
 use sinew_fusion::{AdapterModel, TrainedPartsRecord};
 
 use crate::train::EpochLog;
@@ -90,7 +90,7 @@ impl Checkpoint {
         best: Option<&[u8]>,
     ) -> Result<(), CheckpointError>
     where
-        B: AutodiffBackend,
+        B: FusedAutodiff,
         O: Optimizer<AdapterModel<B>, B>,
     {
         let recorder = Bytes::default();
@@ -138,7 +138,7 @@ impl Checkpoint {
         optimizer: O,
     ) -> Result<Option<(Progress, O, Option<Vec<u8>>)>, CheckpointError>
     where
-        B: AutodiffBackend,
+        B: FusedAutodiff,
         O: Optimizer<AdapterModel<B>, B>,
     {
         let file = match std::fs::File::open(&self.path) {
@@ -184,14 +184,14 @@ impl Checkpoint {
 }
 
 /// The trained parts of `model` as bytes (Burn's binary record).
-pub fn parts_to_bytes<B: Backend>(model: &AdapterModel<B>) -> Result<Vec<u8>, String> {
+pub fn parts_to_bytes<B: FusedOps>(model: &AdapterModel<B>) -> Result<Vec<u8>, String> {
     Bytes::default()
         .record(model.trained_parts().into_record(), ())
         .map_err(|e| e.to_string())
 }
 
 /// Puts trained parts saved by [`parts_to_bytes`] back into `model`.
-pub fn restore_from_bytes<B: Backend>(
+pub fn restore_from_bytes<B: FusedOps>(
     model: &mut AdapterModel<B>,
     bytes: Vec<u8>,
 ) -> Result<(), String> {

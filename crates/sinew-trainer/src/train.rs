@@ -15,11 +15,12 @@ use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sinew_adapter::AdapterError;
+use sinew_backbone::FusedAutodiff;
+use sinew_backbone::FusedOps;
 use sinew_backbone::Start;
 use sinew_fusion::AdapterModel;
 
@@ -224,7 +225,7 @@ pub enum TrainError {
 
 /// Predicted classes of `tokens` (in batches of `batch_size`) from the model's active setup (or
 /// bare head), in eval mode.
-pub fn predict<B: Backend>(
+pub fn predict<B: FusedOps>(
     model: &AdapterModel<B>,
     tokens: &[Tokens],
     batch_size: usize,
@@ -235,7 +236,7 @@ pub fn predict<B: Backend>(
     for chunk in indices.chunks(batch_size.max(1)) {
         let (batch, _) = collate(tokens, chunk);
         let logits = model
-            .forward(&batch.to_input::<B>(device))?
+            .logits(&batch.to_input::<B>(device))?
             .logits
             .ok_or_else(|| AdapterError::Input("the active setup has no text head".into()))?;
         let best = logits
@@ -250,7 +251,7 @@ pub fn predict<B: Backend>(
 }
 
 /// Scores of the model's predictions on `tokens` against their labels.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: FusedOps>(
     model: &AdapterModel<B>,
     tokens: &[Tokens],
     classes: usize,
@@ -264,7 +265,7 @@ pub fn evaluate<B: Backend>(
 
 /// Makes `regime` the model's training state for `tasks`: what trains requires gradients,
 /// everything else is frozen.
-pub fn set_regime<B: AutodiffBackend>(
+pub fn set_regime<B: FusedAutodiff>(
     model: &mut AdapterModel<B>,
     regime: &Regime,
     tasks: &[TaskData],
@@ -294,7 +295,7 @@ pub fn set_regime<B: AutodiffBackend>(
 }
 
 /// Makes the model predict for `task` under `regime` (the adapter, the fusion or the bare head).
-pub fn activate<B: Backend>(
+pub fn activate<B: FusedOps>(
     model: &mut AdapterModel<B>,
     regime: &Regime,
     task: &str,
@@ -308,7 +309,7 @@ pub fn activate<B: Backend>(
 
 /// The activation cache of a run, when `config` asks for one and the regime leaves layers as
 /// pretrained for every task.
-fn activation_cache<B: AutodiffBackend>(
+fn activation_cache<B: FusedAutodiff>(
     model: &mut AdapterModel<B>,
     regime: &Regime,
     tasks: &[TaskData],
@@ -392,7 +393,7 @@ fn run_description(regime: &Regime, tasks: &[TaskData], config: &TrainConfig) ->
     )
 }
 
-fn new_optimizer<B: AutodiffBackend>(config: &TrainConfig) -> impl Optimizer<AdapterModel<B>, B> {
+fn new_optimizer<B: FusedAutodiff>(config: &TrainConfig) -> impl Optimizer<AdapterModel<B>, B> {
     AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
         .with_grad_clipping(Some(
@@ -405,7 +406,7 @@ fn new_optimizer<B: AutodiffBackend>(config: &TrainConfig) -> impl Optimizer<Ada
 /// exists (written by the same run), and writes it at the end of each epoch, every
 /// `checkpoint_every` steps and at `stop_after`. On return the model holds the best epoch's
 /// weights, with its first task active.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: FusedAutodiff>(
     model: &mut AdapterModel<B>,
     regime: &Regime,
     tasks: &[TaskData],
@@ -460,17 +461,17 @@ pub fn train<B: AutodiffBackend>(
                 (Some(cache), _) => {
                     let (hidden, keep) = cache.start(model, *task, indices, &batch, &device)?;
                     activate(model, regime, &data.name)?;
-                    model.forward_from(Start::Hidden {
+                    model.logits_from(Start::Hidden {
                         layer: cache.layer(),
                         hidden,
                         keep,
                     })?
                 }
-                (None, Regime::Adapters) => model.forward_routed(
+                (None, Regime::Adapters) => model.logits_routed(
                     &batch.to_input::<B>(&device),
                     &vec![data.name.as_str(); indices.len()],
                 )?,
-                (None, _) => model.forward(&batch.to_input::<B>(&device))?,
+                (None, _) => model.logits(&batch.to_input::<B>(&device))?,
             };
             let logits = out.logits.ok_or_else(|| {
                 AdapterError::Input(format!("task `{}` has no text head", data.name))
