@@ -16,12 +16,12 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use burn::prelude::*;
-use common::{model, model_of, step, task, texts_input, two_labels, upper_half};
+use common::{model, model_of, step, task, texts_input, upper_half};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sinew::adapter::lora::LoraConfig;
 use sinew::adapter::MethodConfig;
 use sinew::backbone::{EncoderInput, Start};
-use sinew::fusion::{AdapterModel, FusionConfig};
+use sinew::fusion::AdapterModel;
 use sinew::trainer::train::{set_regime, Regime};
 use sinew_backbone::FusedAutodiff;
 use sinew_backbone::FusedOps;
@@ -110,18 +110,7 @@ fn bench_backend<B: FusedOps>(c: &mut Criterion, backend: &str) {
     // Fuse of 2, 4, 8 adapters: training step (fusion and head) and inference.
     for n in [2, 4, 8] {
         let (mut model, tokenizer) = model::<A<B>>(n, 64);
-        let names: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let device = B::Device::default();
-        let fusion = model
-            .add_fusion(&names, FusionConfig::dynamic(), &device)
-            .unwrap();
-        model.add_head(&fusion, two_labels(), &device).unwrap();
-        let regime = Regime::Fusion {
-            name: fusion.clone(),
-            unfreeze_adapters: false,
-        };
-        set_regime(&mut model, &regime, &[task(&fusion)]).unwrap();
+        sinew::bench::fuse_all(&mut model).unwrap();
         let input = texts_input(&tokenizer, 32, 64);
         inference(
             c,

@@ -44,6 +44,16 @@ macro_rules! backends {
                 }
             }
 
+            /// The `--backend` value of this backend.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(
+                        #[cfg(feature = $feature)]
+                        Self::$variant => $feature,
+                    )+
+                }
+            }
+
             /// The backends compiled in, in the order listed.
             pub fn compiled() -> Vec<Self> {
                 vec![$( #[cfg(feature = $feature)] Self::$variant, )+]
@@ -55,7 +65,7 @@ macro_rules! backends {
                 compiled
                     .iter()
                     .copied()
-                    .find(|b| format!("{b:?}") == "Flex")
+                    .find(|b| b.name() == "flex")
                     .unwrap_or(compiled[0])
             }
         }

@@ -5,6 +5,7 @@
 //! - [`backbone`]: the BERT-family encoder, HF loading, tokenizer, hook points;
 //! - [`adapter`], [`fusion`], [`trainer`]: adapter methods, composition, training;
 //! - [`backend`]: the Burn backends compiled in and how the CLI picks one;
+//! - [`bench`]: `sinew bench`, the standard works timed (shared with the criterion benches);
 //! - [`encode`]: the `sinew encode` job;
 //! - [`inspect`]: `sinew inspect`, a summary of an adapter folder;
 //! - [`merge`]: the `sinew merge` job;
@@ -19,6 +20,7 @@ pub use sinew_kernels as kernels;
 pub use sinew_trainer as trainer;
 
 pub mod backend;
+pub mod bench;
 pub mod demo;
 pub mod encode;
 pub mod inspect;

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sinew::backbone::assets;
 use sinew::backend::BackendKind;
+use sinew::bench::{BenchJob, Work};
 use sinew::demo::Demo;
 use sinew::encode::EncodeJob;
 use sinew::fusion::{MergeMethod, MergeOptions};
@@ -128,6 +129,35 @@ enum Command {
         /// Burn backend to run on.
         #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
         backend: BackendKind,
+    },
+    /// Time a standard work (the criterion benches' works and inputs) on this machine and
+    /// backend; prints one JSON object (median, min and max seconds per call).
+    Bench {
+        /// train-step, inference or fuse-step.
+        #[arg(long, value_enum, default_value_t = Work::TrainStep)]
+        work: Work,
+        /// Adapter preset (seq_bn, double_seq_bn, par_bn, scaled_par_bn, lora, ia3,
+        /// prefix_tuning, prompt_tuning) or a JSON config file.
+        #[arg(long, default_value = "seq_bn")]
+        adapter: String,
+        /// Texts per call.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Tokens per text.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Adapters fused by fuse-step.
+        #[arg(long, default_value_t = 8)]
+        fuse: usize,
+        /// Timed calls (after one untimed warm-up call).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// HF model folder (default: all-MiniLM-L6-v2, fetched if missing).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Burn backend to run on (default: flex when compiled in).
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
     },
     /// Merge LoRA (or IA3) adapters in weight space into a new adapter folder.
     Merge {
@@ -432,6 +462,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("labelled {n} texts into {}", output.display());
         }
         Command::Inspect { dir } => print!("{}", sinew::inspect::describe(&dir)?),
+        Command::Bench {
+            work,
+            adapter,
+            batch,
+            seq,
+            fuse,
+            reps,
+            model,
+            backend,
+        } => {
+            let backend = backend.unwrap_or_else(BackendKind::fastest_cpu);
+            let mut result = backend.run(BenchJob {
+                work,
+                adapter,
+                batch,
+                seq,
+                fuse,
+                reps,
+                model,
+            })?;
+            result.backend = backend.name().to_string();
+            println!("{}", serde_json::to_string(&result)?);
+        }
         Command::Encode {
             model,
             input,

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::elementwise::DropoutKey;
 use super::gemm::{matmul, Mat, MatMut};
 use super::math;
-use super::simd::{dot, multiversion, Isa};
+use super::simd::{dot, max, multiversion, sum, Isa};
 
 /// A `[batch, heads, seq, dim]` view with element strides.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +101,8 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 multiversion! {
-    /// Scores → probabilities in place, row by row (`keep` per key).
+    /// Scores → probabilities in place, row by row (`keep` per key). Each pass is a separate
+    /// loop so that each vectorises: the max and the sum reduce over 16 lanes.
     fn softmax_rows(scores: &mut [f32], keep: &[f32]) {
         let keys = keep.len();
         let kept = keep.iter().filter(|&&k| k != 0.0).count();
@@ -110,17 +111,18 @@ multiversion! {
                 row.fill(1.0 / keys as f32);
                 continue;
             }
-            let mut m = f32::NEG_INFINITY;
-            for (&s, &k) in row.iter().zip(keep) {
-                m = m.max(if k != 0.0 { s } else { f32::NEG_INFINITY });
-            }
-            let mut total = 0f32;
             for (s, &k) in row.iter_mut().zip(keep) {
-                let e = math::exp(*s - m);
-                *s = if k != 0.0 { e } else { 0.0 };
-                total += *s;
+                *s = if k != 0.0 { *s } else { f32::NEG_INFINITY };
             }
-            let inv = 1.0 / total;
+            let m = max(row);
+            for s in row.iter_mut() {
+                // exp(−∞) is clamped to ~1e-38 by `math::exp`: masked keys are zeroed below.
+                *s = math::exp(*s - m);
+            }
+            for (s, &k) in row.iter_mut().zip(keep) {
+                *s = if k != 0.0 { *s } else { 0.0 };
+            }
+            let inv = 1.0 / sum(row);
             for s in row.iter_mut() {
                 *s *= inv;
             }

@@ -149,6 +149,27 @@ pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
     s
 }
 
+/// `max x` (−∞ for an empty slice) over 16 lanes.
+#[inline(always)]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for a in acc {
+        m = m.max(a);
+    }
+    for &v in tail {
+        m = m.max(v);
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +188,7 @@ mod tests {
         let s = sum_of(Isa::Scalar, &x);
         assert_eq!(s.to_bits(), sum_of(Isa::detected(), &x).to_bits());
         assert!((s as f64 - exact).abs() <= 1e-5 * exact.abs().max(1.0));
+        assert_eq!(max(&x), x.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         let d: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
         assert!((dot(&x, &x) as f64 - d).abs() <= 1e-6 * d);
     }
