@@ -45,7 +45,9 @@ fn pair<B: FusedOps, const D: usize>(
     g.bench_function(BenchmarkId::new(id, "forward"), |b| {
         b.iter(|| forward(&plain).into_data())
     });
-    let weights = f(&tracked).random_like(Distribution::Normal(0.0, 1.0)).detach();
+    let weights = f(&tracked)
+        .random_like(Distribution::Normal(0.0, 1.0))
+        .detach();
     g.bench_function(BenchmarkId::new(id, "forward_backward"), |b| {
         b.iter(|| {
             let grads = (f(&tracked) * weights.clone()).sum().backward();

@@ -2,8 +2,9 @@
 //! modules (`burn::nn::Linear`, `burn::nn::LayerNorm`, erf, softmax, matmul), on every compiled
 //! backend: flex and ndarray run sinew's kernels, wgpu the composed default path. Forward to 1e-6
 //! of the values' scale, gradients against Burn's autodiff of the reference and against central
-//! finite differences in f64. Edges: |x| > 10, masked keys, one real key, no real key, rows of
-//! length 1, non-contiguous inputs, batch 1. The CPU backends must have run their kernels (the
+//! finite differences in f64; AdapterFusion's per-token products against batched matmul. Edges:
+//! |x| > 10, masked keys, one real key, no real key, rows of length 1, non-contiguous inputs,
+//! batch 1. The CPU backends must have run their kernels (the
 //! kernel counters move), so a silent fallback cannot pass.
 
 mod common;
@@ -301,6 +302,69 @@ fn linear_forward_backward<B: FusedOps>(fused: bool) {
     );
 }
 
+/// AdapterFusion's per-token products against Burn's batched matmul, chained as the fusion
+/// chains them (scores → softmax → mixture of the same rows), so the rows' gradient sums both
+/// paths; one row per token and a non-contiguous input as edges.
+fn products<B: FusedOps>(fused: bool) {
+    for (b, s, n, h) in [(2, 3, 5, 7), (1, 4, 1, 9)] {
+        let rv = values(b * s * n * h, 40, 2.0);
+        let pv = values(b * s * h, 41, 1.0);
+        let w = values(b * s * h, 42, 1.0);
+        type Products<'a, B> =
+            dyn Fn(Tensor<A<B>, 4>, Tensor<A<B>, 3>) -> (Tensor<A<B>, 3>, Tensor<A<B>, 3>) + 'a;
+        let run = |f: &Products<B>| {
+            let rows = tensor::<A<B>, 4>(&rv, [b, s, n, h]).require_grad();
+            let probe = tensor::<A<B>, 3>(&pv, [b, s, h]).require_grad();
+            let (scores, mixed) = f(rows.clone(), probe.clone());
+            let out = [flat(scores), flat(mixed.clone())];
+            let g = (mixed * tensor::<A<B>, 3>(&w, [b, s, h])).sum().backward();
+            [
+                out[0].clone(),
+                out[1].clone(),
+                flat(rows.grad(&g).unwrap()),
+                flat(probe.grad(&g).unwrap()),
+            ]
+        };
+        let got = counted(fused, Kernel::Outer, || {
+            counted(fused, Kernel::Dots, || {
+                counted(fused, Kernel::Mix, || {
+                    run(&|rows, probe| {
+                        let scores = kernels::dots(rows.clone(), probe);
+                        let mixed = kernels::mix(softmax(scores.clone(), 2), rows);
+                        (scores, mixed)
+                    })
+                })
+            })
+        });
+        let want = run(&|rows, probe| {
+            let scores = rows
+                .clone()
+                .matmul(probe.unsqueeze_dim::<4>(3))
+                .reshape([b, s, n]);
+            let mixed = softmax(scores.clone(), 2)
+                .unsqueeze_dim::<4>(2)
+                .matmul(rows)
+                .reshape([b, s, h]);
+            (scores, mixed)
+        });
+        for (i, name) in ["scores", "mixture", "d rows", "d probe"]
+            .iter()
+            .enumerate()
+        {
+            assert_close(&got[i], &want[i], if i < 2 { 1e-6 } else { 1e-5 }, name);
+        }
+        // Rows given as a transposed view.
+        let rows = tensor::<B, 4>(&rv, [b, s, h, n]).swap_dims(2, 3);
+        let probe = tensor::<B, 3>(&pv, [b, s, h]);
+        assert_close(
+            &flat(kernels::dots(rows.clone(), probe.clone())),
+            &flat(rows.matmul(probe.unsqueeze_dim::<4>(3)).reshape([b, s, n])),
+            1e-6,
+            "scores, transposed rows",
+        );
+    }
+}
+
 /// Dropout: the same seed gives the same mask, which the backward applies again; about `p` of
 /// the elements are dropped, the rest scaled by 1/(1−p); identity outside training.
 fn dropout<B: FusedOps>(fused: bool) {
@@ -463,6 +527,7 @@ per_backend!(
     layer_norm_forward,
     layer_norm_backward,
     linear_forward_backward,
+    products,
     dropout,
     finite_differences,
 );

@@ -45,7 +45,8 @@ pub struct FusionConfig {
     /// Anneal a softmax temperature from 50 down to 1.
     #[serde(default)]
     pub temperature: bool,
-    /// Project the values before the weighted sum (else the sum, once).
+    /// Project the values before the weighted sum (else the sum, once): the same numbers either
+    /// way (the projection has no bias), and sinew computes the cheaper one.
     #[serde(default = "yes")]
     pub value_before_softmax: bool,
     /// Start `W_v` at the identity (off-diagonal 1e-6).
@@ -210,6 +211,11 @@ impl<B: FusedOps> FusionLayer<B> {
     }
 
     /// `query`, `residual` `[batch, seq, hidden]`, `ups` `[batch, seq, adapters, hidden]`.
+    ///
+    /// `BertFusion`'s products, reordered: with `K_n = u_n·W_k + b_k`,
+    /// `Q·K_n = u_n·(Q·W_kᵀ) + Q·b_k`, and `Σ_n p_n·(V_n·W_v) = (Σ_n p_n·V_n)·W_v` — one
+    /// hidden × hidden product per token for the keys and one for the values instead of one per
+    /// adapter each (`value_before_softmax` is the same number either way).
     pub fn forward(
         &self,
         query: Tensor<B, 3>,
@@ -218,7 +224,7 @@ impl<B: FusedOps> FusionLayer<B> {
         temperature: f64,
         semantics: Semantics,
     ) -> FusionOutput<B> {
-        let [batch, seq, n, h] = ups.dims();
+        let n = ups.dims()[2];
         let c = &self.config;
         let mut keys = ups.clone();
         let mut values = ups;
@@ -234,30 +240,30 @@ impl<B: FusedOps> FusionLayer<B> {
             Some(l) => kernels::linear(l, query),
             None => query,
         };
-        let k = match &self.key {
-            Some(l) => kernels::linear(l, keys),
-            None => keys,
+        let (probe, offset) = match &self.key {
+            Some(l) => {
+                let probe = kernels::project(q.clone(), l.weight.val().transpose(), None);
+                let offset = l
+                    .bias
+                    .as_ref()
+                    .map(|b| (q * b.val().unsqueeze::<3>()).sum_dim(2));
+                (probe, offset)
+            }
+            None => (q, None),
         };
-        let v = match (&self.value, c.value_before_softmax) {
-            (Some(l), true) => kernels::linear(l, values),
-            _ => values,
-        };
-        // [b, s, 1, h] · [b, s, h, n] → [b, s, 1, n]
-        let scores = q
-            .unsqueeze_dim::<4>(2)
-            .matmul(k.swap_dims(2, 3))
-            .reshape([batch, seq, n]);
+        // [b, s, n, h] · [b, s, h] → [b, s, n]
+        let mut scores = kernels::dots(keys, probe);
+        if let Some(offset) = offset {
+            scores = scores + offset;
+        }
         let scores = self.dropout.forward(scores);
         let probs = softmax(scores / temperature, 2);
-        // [b, s, 1, n] · [b, s, n, h] → [b, s, 1, h]
-        let mut context = probs
-            .clone()
-            .unsqueeze_dim::<4>(2)
-            .matmul(v)
-            .reshape([batch, seq, h]);
-        if let (Some(l), false) = (&self.value, c.value_before_softmax) {
-            context = kernels::linear(l, context);
-        }
+        // [b, s, n] · [b, s, n, h] → [b, s, h]
+        let mixed = kernels::mix(probs.clone(), values);
+        let mut context = match &self.value {
+            Some(l) => kernels::linear(l, mixed),
+            None => mixed,
+        };
         if !c.residual_before {
             context = context + residual;
         }

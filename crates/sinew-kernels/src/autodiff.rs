@@ -75,6 +75,69 @@ fn linear<B: FusedOps, C: CheckpointStrategy, const N: usize>(
     }
 }
 
+/// The per-token products: `Dots(rows, probe)` and `Mix(weights, rows)`, each `f(x, y)` bilinear,
+/// so each input's gradient reads only the other input.
+#[derive(Debug, Clone, Copy)]
+enum Product {
+    Dots,
+    Mix,
+}
+
+impl Product {
+    fn forward<B: FusedOps>(self, x: FloatTensor<B>, y: FloatTensor<B>) -> FloatTensor<B> {
+        match self {
+            Self::Dots => B::fused_dots(x, y),
+            Self::Mix => B::fused_mix(x, y),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ProductBackward(Product);
+
+impl<B: FusedOps> Backward<B, 2> for ProductBackward {
+    /// `x` (kept when `y` needs a gradient) and `y` (kept when `x` does).
+    type State = (Option<NodeId>, Option<NodeId>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, ck: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let [x, y] = [ops.state.0, ops.state.1].map(|id| id.map(|id| ck.retrieve_node_output(id)));
+        let (dx, dy) = match self.0 {
+            // d rows = grad ⊗ probe, d probe = Σ_i grad_i·rows_i.
+            Product::Dots => (
+                y.clone().map(|probe| B::fused_outer(grad.clone(), probe)),
+                x.map(|rows| B::fused_mix(grad, rows)),
+            ),
+            // d weights = rows · grad, d rows = weights ⊗ grad.
+            Product::Mix => (
+                y.map(|rows| B::fused_dots(rows, grad.clone())),
+                x.map(|weights| B::fused_outer(weights, grad)),
+            ),
+        };
+        register::<B, 2>(&ops, grads, 0, dx);
+        register::<B, 2>(&ops, grads, 1, dy);
+    }
+}
+
+fn product<B: FusedOps, C: CheckpointStrategy>(
+    kind: Product,
+    x: Tensor<B, C>,
+    y: Tensor<B, C>,
+) -> Tensor<B, C> {
+    match ProductBackward(kind)
+        .prepare::<C>([x.node.clone(), y.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let kx = y.is_tracked().then(|| prep.checkpoint(&x));
+            let ky = x.is_tracked().then(|| prep.checkpoint(&y));
+            prep.finish((kx, ky), kind.forward::<B>(x.primitive, y.primitive))
+        }
+        OpsKind::UnTracked(prep) => prep.finish(kind.forward::<B>(x.primitive, y.primitive)),
+    }
+}
+
 #[derive(Debug)]
 struct GeluBackward;
 
@@ -206,6 +269,14 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             Some(b) => linear::<B, C, 3>([x, weight, b]),
             None => linear::<B, C, 2>([x, weight]),
         }
+    }
+
+    fn fused_dots(rows: Tensor<B, C>, probe: Tensor<B, C>) -> Tensor<B, C> {
+        product::<B, C>(Product::Dots, rows, probe)
+    }
+
+    fn fused_mix(weights: Tensor<B, C>, rows: Tensor<B, C>) -> Tensor<B, C> {
+        product::<B, C>(Product::Mix, weights, rows)
     }
 
     fn fused_gelu(x: Tensor<B, C>) -> Tensor<B, C> {

@@ -273,3 +273,36 @@ pub fn layer_norm_backward<B: Backend>(
     });
     [dx, dgamma, dbeta]
 }
+
+/// `[tokens, n, h]`.
+fn dims3<B: Backend>(t: &FloatTensor<B>) -> [usize; 3] {
+    dims::<B>(t).try_into().expect("rank 3")
+}
+
+/// See [`FusedOps::fused_dots`](crate::FusedOps::fused_dots).
+pub fn dots<B: Backend>(rows: FloatTensor<B>, probe: FloatTensor<B>) -> FloatTensor<B> {
+    let [tokens, n, h] = dims3::<B>(&rows);
+    let probe = B::float_reshape(probe, Shape::new([tokens, 1, h]));
+    let products = B::float_mul(rows, probe);
+    B::float_reshape(B::float_sum_dim(products, 2), Shape::new([tokens, n]))
+}
+
+/// See [`FusedOps::fused_mix`](crate::FusedOps::fused_mix).
+pub fn mix<B: Backend>(weights: FloatTensor<B>, rows: FloatTensor<B>) -> FloatTensor<B> {
+    let [tokens, n, h] = dims3::<B>(&rows);
+    let weights = B::float_reshape(weights, Shape::new([tokens, n, 1]));
+    let products = B::float_mul(rows, weights);
+    B::float_reshape(B::float_sum_dim(products, 1), Shape::new([tokens, h]))
+}
+
+/// See [`FusedOps::fused_outer`](crate::FusedOps::fused_outer).
+pub fn outer<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
+    let ([tokens, n], h) = (
+        <[usize; 2]>::try_from(dims::<B>(&a)).expect("rank 2"),
+        b.shape()[1],
+    );
+    B::float_mul(
+        B::float_reshape(a, Shape::new([tokens, n, 1])),
+        B::float_reshape(b, Shape::new([tokens, 1, h])),
+    )
+}

@@ -2,7 +2,8 @@
 //!
 //! [`FusedOps`] is a trait over Burn's `Backend` with one method per fused op — linear (GEMM and
 //! bias in one pass), exact (erf) GELU, dropout, the attention core (`softmax(scale·QKᵀ + mask)`,
-//! dropout, `·V`) and residual add + LayerNorm — and one per backward. Every method has a default
+//! dropout, `·V`), residual add + LayerNorm and AdapterFusion's per-token products — and one per
+//! backward. Every method has a default
 //! that composes Burn primitives, so any backend works with an empty `impl FusedOps for MyBackend
 //! {}` (wgpu does). flex and ndarray override them with sinew's multi-threaded, vectorised kernels
 //! on their f32 buffers ([`cpu`]), and `Autodiff<B>` implements each op as one autodiff node with a
@@ -186,6 +187,25 @@ pub trait FusedOps: Backend {
     ) -> Grads3<Self> {
         composed::layer_norm_backward::<Self>(saved, gamma, grad, wanted)
     }
+
+    /// `rows[t, i, :] · probe[t, :]` for every token `t` and row `i`: `rows` `[tokens, n, h]`,
+    /// `probe` `[tokens, h]` → `[tokens, n]` (AdapterFusion's score of each adapter's output).
+    /// Its gradients are `fused_outer(grad, probe)` and `fused_mix(grad, rows)`.
+    fn fused_dots(rows: FloatTensor<Self>, probe: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::dots::<Self>(rows, probe)
+    }
+
+    /// `Σ_i weights[t, i] · rows[t, i, :]`: `weights` `[tokens, n]`, `rows` `[tokens, n, h]` →
+    /// `[tokens, h]` (AdapterFusion's mixture). Its gradients are `fused_dots(rows, grad)` and
+    /// `fused_outer(weights, grad)`.
+    fn fused_mix(weights: FloatTensor<Self>, rows: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::mix::<Self>(weights, rows)
+    }
+
+    /// `a[t, i] · b[t, :]`: `a` `[tokens, n]`, `b` `[tokens, h]` → `[tokens, n, h]`.
+    fn fused_outer(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::outer::<Self>(a, b)
+    }
 }
 
 /// An autodiff backend whose inner backend has the fused ops too: what training needs (the
@@ -208,11 +228,47 @@ fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
 
 /// `linear.forward(x)` as one fused GEMM + bias over all leading dimensions.
 pub fn linear<B: FusedOps, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    project(
+        x,
+        linear.weight.val(),
+        linear.bias.as_ref().map(|b| b.val()),
+    )
+}
+
+/// `x·weight + bias` over the last dimension of `x` (`weight` `[in, out]` in any layout, e.g. a
+/// transposed view): [`linear`] on tensors instead of a module.
+pub fn project<B: FusedOps, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, D> {
     tensor(B::fused_linear(
         primitive(x),
-        primitive(linear.weight.val()),
-        linear.bias.as_ref().map(|b| primitive(b.val())),
+        primitive(weight),
+        bias.map(primitive),
     ))
+}
+
+/// `rows` `[batch, seq, n, h]` · `probe` `[batch, seq, h]` → `[batch, seq, n]`: each token's
+/// dot product with each of its `n` rows.
+pub fn dots<B: FusedOps>(rows: Tensor<B, 4>, probe: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, s, n, h] = rows.dims();
+    let out = B::fused_dots(
+        primitive(rows.reshape([b * s, n, h])),
+        primitive(probe.reshape([b * s, h])),
+    );
+    tensor::<B, 2>(out).reshape([b, s, n])
+}
+
+/// `weights` `[batch, seq, n]`, `rows` `[batch, seq, n, h]` → `[batch, seq, h]`: each token's
+/// rows summed with its weights.
+pub fn mix<B: FusedOps>(weights: Tensor<B, 3>, rows: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, s, n, h] = rows.dims();
+    let out = B::fused_mix(
+        primitive(weights.reshape([b * s, n])),
+        primitive(rows.reshape([b * s, n, h])),
+    );
+    tensor::<B, 2>(out).reshape([b, s, h])
 }
 
 /// Exact (erf) GELU with an exact derivative.

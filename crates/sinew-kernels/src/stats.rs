@@ -25,9 +25,15 @@ pub enum Kernel {
     LayerNorm,
     /// LayerNorm's gradients.
     LayerNormBackward,
+    /// Per-token dot products with a few rows (AdapterFusion's scores).
+    Dots,
+    /// Per-token weighted sums of a few rows (AdapterFusion's mixture).
+    Mix,
+    /// Per-token outer products (the gradients of both).
+    Outer,
 }
 
-const KERNELS: usize = 9;
+const KERNELS: usize = 12;
 
 static CALLS: [AtomicU64; KERNELS] = [const { AtomicU64::new(0) }; KERNELS];
 

@@ -7,6 +7,7 @@ pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod gemm;
 pub(crate) mod math;
+pub(crate) mod mixing;
 pub(crate) mod norm;
 pub mod pool;
 pub(crate) mod simd;
@@ -500,6 +501,50 @@ pub(crate) fn layer_norm_backward<B: Host>(
     ]
 }
 
+/// `[tokens, n, h]` of a dense f32 tensor.
+fn dims3<B: Host>(t: &FloatTensor<B>) -> [usize; 3] {
+    t.shape().to_vec().try_into().expect("rank 3")
+}
+
+pub(crate) fn dots<B: Host>(rows: FloatTensor<B>, probe: FloatTensor<B>) -> FloatTensor<B> {
+    let (rows, probe) = match (host::<B>(rows), host::<B>(probe)) {
+        (Ok(r), Ok(p)) => (dense::<B>(r), dense::<B>(p)),
+        (r, p) => return composed::dots::<B>(r.unwrap_or_else(|t| t), p.unwrap_or_else(|t| t)),
+    };
+    let [tokens, n, h] = dims3::<B>(&rows);
+    let mut out = output(tokens * n);
+    mixing::dots(slice::<B>(&rows), slice::<B>(&probe), &mut out, n, h);
+    stats::count(Kernel::Dots);
+    B::tensor(out, &[tokens, n], None)
+}
+
+pub(crate) fn mix<B: Host>(weights: FloatTensor<B>, rows: FloatTensor<B>) -> FloatTensor<B> {
+    let (weights, rows) = match (host::<B>(weights), host::<B>(rows)) {
+        (Ok(w), Ok(r)) => (dense::<B>(w), dense::<B>(r)),
+        (w, r) => return composed::mix::<B>(w.unwrap_or_else(|t| t), r.unwrap_or_else(|t| t)),
+    };
+    let [tokens, n, h] = dims3::<B>(&rows);
+    let mut out = output(tokens * h);
+    mixing::mix(slice::<B>(&weights), slice::<B>(&rows), &mut out, n, h);
+    stats::count(Kernel::Mix);
+    B::tensor(out, &[tokens, h], None)
+}
+
+pub(crate) fn outer<B: Host>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
+    let (a, b) = match (host::<B>(a), host::<B>(b)) {
+        (Ok(a), Ok(b)) => (dense::<B>(a), dense::<B>(b)),
+        (a, b) => return composed::outer::<B>(a.unwrap_or_else(|t| t), b.unwrap_or_else(|t| t)),
+    };
+    let ([tokens, n], h) = (
+        <[usize; 2]>::try_from(a.shape().to_vec()).expect("rank 2"),
+        b.shape()[1],
+    );
+    let mut out = output(tokens * n * h);
+    mixing::outer(slice::<B>(&a), slice::<B>(&b), &mut out, n, h);
+    stats::count(Kernel::Outer);
+    B::tensor(out, &[tokens, n, h], None)
+}
+
 /// The [`FusedOps`](crate::FusedOps) methods of a [`Host`] backend, all forwarded to this module.
 macro_rules! host_fused_ops {
     () => {
@@ -585,6 +630,17 @@ macro_rules! host_fused_ops {
             wanted: [bool; 3],
         ) -> $crate::Grads3<Self> {
             $crate::cpu::layer_norm_backward::<Self>(saved, gamma, grad, wanted)
+        }
+        fn fused_dots(rows: FloatTensor<Self>, probe: FloatTensor<Self>) -> FloatTensor<Self> {
+            $crate::cpu::dots::<Self>(rows, probe)
+        }
+
+        fn fused_mix(weights: FloatTensor<Self>, rows: FloatTensor<Self>) -> FloatTensor<Self> {
+            $crate::cpu::mix::<Self>(weights, rows)
+        }
+
+        fn fused_outer(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+            $crate::cpu::outer::<Self>(a, b)
         }
     };
 }
