@@ -204,12 +204,14 @@ impl Demo {
             &serde_json::to_vec_pretty(rows)?,
         )?;
         let methods: Vec<String> = rows.iter().map(|r| r.method.clone()).collect();
-        crate::plot::bars(
-            &self.out.join("accuracy.png"),
+        let path = self.out.join("accuracy.png");
+        let drawn = crate::plot::bars(
+            &path,
             &format!("{}: test accuracy", self.target),
             &methods,
             &rows.iter().map(|r| r.test.accuracy).collect::<Vec<_>>(),
-        )?;
+        );
+        crate::plot::best_effort(&path, drawn);
         eprintln!(
             "wrote {} (table), accuracy.png, and per run loss.png, dev.png (fusion.png for the fusion)",
             self.out.join("results.md").display()

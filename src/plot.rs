@@ -9,6 +9,14 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 
+/// Pictures are best-effort: a picture that cannot be drawn (no system font, an unwritable
+/// path) is a warning, and the results the run writes never depend on it.
+pub fn best_effort(path: &Path, drawn: anyhow::Result<()>) {
+    if let Err(e) = drawn {
+        tracing::warn!("{}: picture not drawn: {e:#}", path.display());
+    }
+}
+
 /// TrueType fonts looked for, in order, to draw text (plotters' ab_glyph needs one font file).
 const FONTS: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

@@ -418,6 +418,7 @@ impl BackendJob for TrainJob {
         if spec.method != Method::Adapter && spec.tasks.len() > 1 {
             bail!("only `adapter` runs train several tasks at once");
         }
+        spec.train.validate()?;
         std::fs::create_dir_all(&self.out).with_context(|| self.out.display().to_string())?;
         let checkpoint = Checkpoint::new(&self.out);
         if checkpoint.path().exists() && !self.resume {
@@ -493,7 +494,7 @@ impl BackendJob for TrainJob {
             &serde_json::to_vec_pretty(&record)?,
         )?;
         save_folders(&model, &record, &regime, &self.out)?;
-        plot_run(&self.out, &outcome.epochs)?;
+        crate::plot::best_effort(&self.out, plot_run(&self.out, &outcome.epochs));
         let mut valid = model.valid();
         let mut results = Vec::new();
         for (i, (task, examples)) in data.iter().enumerate() {
@@ -537,13 +538,15 @@ impl BackendJob for TrainJob {
                     crate::encode::mean_fusion_attentions(&encoded)
                         .into_iter()
                         .unzip();
-                crate::plot::heatmap(
-                    &self.out.join("fusion.png"),
+                let path = self.out.join("fusion.png");
+                let drawn = crate::plot::heatmap(
+                    &path,
                     &format!("{}: mean fusion attention on dev", task.name),
                     &rows,
                     &adapters,
                     &values,
-                )?;
+                );
+                crate::plot::best_effort(&path, drawn);
             }
         }
         write_atomic(

@@ -257,6 +257,16 @@ fn bad_input_gets_one_line_naming_it() {
         "{line}"
     );
 
+    // No epoch to run: refused before any work, naming the key.
+    let mut args = train_args(csv, model, out);
+    let at = args.iter().position(|a| *a == "--epochs").unwrap();
+    args[at + 1] = "0";
+    let line = error_line(&sinew(&args));
+    assert!(
+        line.contains("epochs") && line.contains("at least 1"),
+        "{line}"
+    );
+
     // An adapter config that is neither a preset nor a file.
     let mut args = train_args(csv, model, out);
     args.extend(["--adapter-config", "houlsby_typo"]);
@@ -269,4 +279,23 @@ fn bad_input_gets_one_line_naming_it() {
     // eval of a folder that is not a finished run.
     let line = error_line(&sinew(&["eval", "--run", dir.path().to_str().unwrap()]));
     assert!(line.contains("run.json"), "{line}");
+}
+
+/// Pictures are best-effort: a `loss.png` that cannot be written (here a folder of that name)
+/// is a warning naming it, and the run still evaluates and writes `results.json`.
+#[test]
+fn a_picture_that_cannot_be_drawn_is_a_warning() {
+    let (model, csv, _dir, out) = setup();
+    std::fs::create_dir_all(out.join("loss.png")).unwrap();
+    let mut args = train_args(&csv, &model, out.to_str().unwrap());
+    let at = args.iter().position(|a| *a == "--epochs").unwrap();
+    args[at + 1] = "1";
+    let run = sinew(&args);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(out.join("results.json").is_file(), "no results.json");
+    assert!(
+        stderr.contains("loss.png") || stderr.contains("picture not drawn"),
+        "{stderr}"
+    );
 }

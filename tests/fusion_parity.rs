@@ -68,6 +68,20 @@ const ADAPTERS: [&str; 5] = ["seq_a", "seq_b", "seq_c", "dbl_a", "dbl_b"];
 
 /// The real model with every fixture adapter and fusion loaded, and the fixture batch.
 fn loaded<Bk: FusedOps>(model_dir: &std::path::Path) -> (AdapterModel<Bk>, EncoderInput<Bk>) {
+    let (mut model, input) = with_adapters::<Bk>(model_dir);
+    let dir = fixture_path("fusion");
+    for case in ["fuse_dynamic", "fuse_static", "fuse_knobs"] {
+        model
+            .load_fusion(&dir.join("fusions").join(case), &Default::default())
+            .unwrap();
+    }
+    (model, input)
+}
+
+/// The backbone with the fixture's adapters, no fusion.
+fn with_adapters<Bk: FusedOps>(
+    model_dir: &std::path::Path,
+) -> (AdapterModel<Bk>, EncoderInput<Bk>) {
     let device = Default::default();
     let pretrained = Pretrained::<Bk>::load(model_dir, None, &device).unwrap();
     let input = pretrained
@@ -80,11 +94,6 @@ fn loaded<Bk: FusedOps>(model_dir: &std::path::Path) -> (AdapterModel<Bk>, Encod
     for name in ADAPTERS {
         model
             .load_adapter(&dir.join("adapters").join(name), &device)
-            .unwrap();
-    }
-    for case in ["fuse_dynamic", "fuse_static", "fuse_knobs"] {
-        model
-            .load_fusion(&dir.join("fusions").join(case), &device)
             .unwrap();
     }
     (model, input)
@@ -246,6 +255,19 @@ fn adapterhub_fusions_keep_their_behaviour() {
     let hidden = values(model.forward(&input).unwrap().encoded.last_hidden_state);
     let diff = max_abs_diff(&hidden, &flatten(&case.last_hidden_state));
     assert!(diff <= 1e-4, "{diff}");
+    // Saved by sinew and read back into a fresh model: still AdapterHub's outputs.
+    let saved = tempfile::tempdir().unwrap();
+    model
+        .save_fusion(saved.path(), "seq_b,seq_c", true)
+        .unwrap();
+    let (mut fresh, _) = with_adapters::<B>(&model_dir());
+    fresh
+        .load_fusion(saved.path(), &Default::default())
+        .unwrap();
+    fresh.set_active(Some(&case.setup)).unwrap();
+    let reloaded = values(fresh.forward(&input).unwrap().encoded.last_hidden_state);
+    let diff = max_abs_diff(&reloaded, &flatten(&case.last_hidden_state));
+    assert!(diff <= 1e-4, "after a sinew save and reload: {diff}");
 }
 
 /// Average's weights are a weighted average: averaging an adapter with itself is the adapter

@@ -94,6 +94,17 @@ impl BertConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
+        for (key, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{key} {p} is not a probability in [0, 1]"));
+            }
+        }
         if self.hidden_act != "gelu" {
             return Err(format!(
                 "hidden_act `{}` is not supported (only exact `gelu`)",
@@ -154,6 +165,18 @@ mod tests {
         let text = MINILM.replace(r#""num_hidden_layers":6,"#, "");
         let err = BertConfig::from_json(&text).unwrap_err();
         assert!(err.contains("missing field `num_hidden_layers`"), "{err}");
+    }
+
+    #[test]
+    fn dropout_outside_zero_one_is_named() {
+        for (key, bad) in [
+            ("hidden_dropout_prob", "1.5"),
+            ("attention_probs_dropout_prob", "-0.1"),
+        ] {
+            let text = MINILM.replace(&format!(r#""{key}":0.1"#), &format!(r#""{key}":{bad}"#));
+            let err = BertConfig::from_json(&text).unwrap_err();
+            assert!(err.contains(key) && err.contains(bad), "{err}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::fs;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -26,7 +27,10 @@ where
     let name = path
         .file_name()
         .map_or_else(Default::default, |n| n.to_string_lossy());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Unique per call: threads of one process may write the same file at once.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{call}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = BufWriter::new(fs::File::create(&tmp)?);
         fill(&mut file)?;
@@ -78,6 +82,31 @@ mod tests {
         assert_eq!(
             sha256_file(&path).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    /// Threads of one process writing the same file at once: every write succeeds, the file is
+    /// one of them whole, and no temporary file is left.
+    #[test]
+    fn concurrent_writes_of_one_file_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.json");
+        let contents: Vec<Vec<u8>> = (0..8u8).map(|t| vec![b'a' + t; 1 << 16]).collect();
+        std::thread::scope(|s| {
+            for c in &contents {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        write_atomic(path, c).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(contents.contains(&fs::read(&path).unwrap()), "a torn file");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp files left"
         );
     }
 

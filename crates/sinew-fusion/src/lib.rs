@@ -19,7 +19,7 @@
 //! - **residual_before** — AdapterHub adds the residual in place to the tensor it passes as both
 //!   keys and values, so the keys see it too. sinew: values only, as the paper — except for a
 //!   fusion read from a folder AdapterHub saved, which keeps AdapterHub's behaviour so that its
-//!   outputs match.
+//!   outputs match (also after sinew saves it again: its config then says so explicitly).
 //! - **Temperature** — AdapterHub anneals `T` on every forward call, in eval too, and does not
 //!   save it. sinew anneals once per optimizer step
 //!   ([`AdapterModel::anneal_fusion_temperatures`]); a loaded model starts at `T = 50` as

@@ -30,6 +30,11 @@ use crate::fusion::{location, AdapterFusion, FusionConfig, FusionLayer, Semantic
 use crate::merge::{merge_lora, MergeOptions};
 use crate::setup::Setup;
 
+/// Key of a saved fusion config: whether the fusion keeps AdapterHub's behaviour (with
+/// `residual_before`, its keys see the residual too), so that a fusion read from AdapterHub's
+/// folder gives the same outputs after a sinew save and reload.
+const ADAPTERHUB_SEMANTICS: &str = "sinew_adapterhub_semantics";
+
 /// The backbone with named adapters and heads.
 #[derive(Module, Debug)]
 pub struct AdapterModel<B: Backend> {
@@ -541,10 +546,17 @@ impl<B: FusedOps> AdapterModel<B> {
         )?;
         // AdapterHub also builds (and saves) fusion layers where its adapters are left out,
         // which never act: read past them.
-        fusion.from_adapterhub = json
-            .get("version")
-            .and_then(Value::as_str)
-            .is_some_and(|v| v.starts_with("adapters"));
+        // Whether it keeps AdapterHub's behaviour: sinew's files say so; AdapterHub's own say
+        // it by their `version`.
+        fusion.from_adapterhub = match json.get(ADAPTERHUB_SEMANTICS) {
+            Some(v) => v.as_bool().ok_or_else(|| {
+                AdapterError::file(&path, format!("{ADAPTERHUB_SEMANTICS}: not true or false"))
+            })?,
+            None => json
+                .get("version")
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.starts_with("adapters")),
+        };
         let unused = format!(".adapter_fusion_layer.{name}.");
         file.skip(|key| key.contains(&unused));
         reject_leftovers(&file)?;
@@ -586,6 +598,7 @@ impl<B: FusedOps> AdapterModel<B> {
             name,
         );
         json["adapter_names"] = serde_json::to_value(adapters).expect("strings");
+        json[ADAPTERHUB_SEMANTICS] = fusion.from_adapterhub.into();
         write_json(&dir.join("adapter_fusion_config.json"), &json)?;
         match Self::index_of(&self.head_names, name).filter(|_| with_head) {
             Some(i) => save_head(

@@ -66,6 +66,38 @@ pub struct TrainConfig {
     pub activation_cache_mib: Option<usize>,
 }
 
+impl TrainConfig {
+    /// Checks every hyperparameter's range: the first one outside it is the error.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |key, value: &dyn std::fmt::Display, expected| {
+            Err(TrainError::Config {
+                key,
+                value: value.to_string(),
+                expected,
+            })
+        };
+        if self.epochs == 0 {
+            return bad("epochs", &self.epochs, "at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", &self.batch_size, "at least 1");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad("learning_rate", &self.learning_rate, "a positive number");
+        }
+        if !(0.0..=1.0).contains(&self.warmup) {
+            return bad("warmup", &self.warmup, "a fraction in [0, 1]");
+        }
+        if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
+            return bad("clip_norm", &self.clip_norm, "a positive number");
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad("temperature", &self.temperature, "a positive number");
+        }
+        Ok(())
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -213,6 +245,16 @@ pub enum TrainError {
     /// The activation cache's spill file could not be written or read.
     #[error("activation cache spill file: {0}")]
     Cache(#[from] std::io::Error),
+    /// A hyperparameter outside its range (`[train]` key, value, what it must be).
+    #[error("train.{key} = {value}: {expected}")]
+    Config {
+        /// The key in a run file's `[train]` table.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What the value must be.
+        expected: &'static str,
+    },
     /// The loss stopped being a number; the weights are the last good ones.
     #[error("the loss is {value} at step {step}; training stopped (the last good weights and checkpoint are kept)")]
     NonFinite {
@@ -414,6 +456,7 @@ pub fn train<B: FusedAutodiff>(
     checkpoint: Option<&Checkpoint>,
     observer: &mut dyn Observer,
 ) -> Result<Outcome, TrainError> {
+    config.validate()?;
     set_regime(model, regime, tasks)?;
     let device = model
         .backbone
