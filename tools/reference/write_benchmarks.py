@@ -49,7 +49,7 @@ with a hand-written backward, instead of Burn 0.21's 5–6 generic ops per GELU,
 LayerNorm; the GEMM crates' AVX-512 kernels are on (GEMM table: about 2× either crate's AVX2
 kernels at the model's shapes); a logits-only pass runs the last layer for the first position
 only. Against the previous BENCHMARKS.md (same scripts, same 2 cores): training step 32×128 from
-2.8 s to 0.74 s (flex) and 0.87 s (ndarray), inference 64×128 from 2.2 s to 0.81–0.92 s, and
+2.8 s to 0.74 s (flex) and 0.87 s (ndarray), inference 64×128 from 2.2 s to 0.81–1.03 s, and
 minor page faults per inference call from about 600,000 to 6,000 (flex; `sinew bench` table).
 
 - **Inference on flex ≤ 0.85× PyTorch: missed (about 1.0–1.1×).** Inference is GEMM-bound on
@@ -58,7 +58,7 @@ minor page faults per inference call from about 600,000 to 6,000 (flex; `sinew b
   table) — 184 GFLOP of products is about 0.6 s of the 0.8 s, where PyTorch's whole pass takes
   0.8 s. The rest is the bias rows written before each product (about 5%), the attention's
   softmax (4%), LayerNorm (3%) and GELU (3%), all already one vectorised pass each (per-op table:
-  sinew's forward ops at or below PyTorch's). Reaching 0.85× would need a GEMM faster than gemm's
+  sinew's forward ops at or near PyTorch's). Reaching 0.85× would need a GEMM faster than gemm's
   AVX-512 kernels or products fused with their bias and activation (a GEMM epilogue), which
   neither well-kept crate offers.
 - **Inference on ndarray** meets its target; it keeps about 190,000 minor page faults per call:
