@@ -103,4 +103,28 @@ fn resume_equals_an_uninterrupted_run() {
         err.contains("checkpoint.zip") && err.contains("another run"),
         "{err}"
     );
+
+    // A truncated or corrupt checkpoint is one line naming the file, never a panic.
+    let bytes = std::fs::read(checkpoint.path()).unwrap();
+    for (what, broken) in [
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+        ("corrupt", bytes.iter().map(|b| b ^ 0x5a).collect()),
+    ] {
+        std::fs::write(checkpoint.path(), &broken).unwrap();
+        let (mut model, _) = multi_task_model(&tasks);
+        let err = train(
+            &mut model,
+            &Regime::Adapters,
+            &tasks,
+            &config,
+            Some(&checkpoint),
+            &mut (),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("checkpoint.zip") && !err.contains('\n'),
+            "{what}: {err}"
+        );
+    }
 }
