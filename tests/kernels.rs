@@ -14,7 +14,9 @@ use burn::module::Param;
 use burn::nn::{LayerNormConfig as BurnNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use common::reference::{attention_f64, erf64, keep_mask, numeric_gradient, values, weighted};
+use common::reference::{
+    attention_numeric_gradients, erf64, keep_mask, numeric_gradient, values, weighted,
+};
 use sinew::kernels::stats::{calls, Kernel};
 use sinew::kernels::{self, FusedOps, LayerNorm, LayerNormConfig};
 
@@ -425,17 +427,7 @@ fn finite_differences<B: FusedOps>(_fused: bool) {
     );
     let keep = keep_mask(b, s);
     let w = values(b * s * h * d, 25, 1.0);
-    let numeric = [
-        numeric_gradient(&qv, |q| {
-            weighted(&attention_f64(q, &kv, &vv, &keep, dims), &w)
-        }),
-        numeric_gradient(&kv, |k| {
-            weighted(&attention_f64(&qv, k, &vv, &keep, dims), &w)
-        }),
-        numeric_gradient(&vv, |v| {
-            weighted(&attention_f64(&qv, &kv, v, &keep, dims), &w)
-        }),
-    ];
+    let numeric = attention_numeric_gradients((&qv, &kv, &vv), &keep, dims, &w);
     let t = |x: &[f64]| tensor::<A<B>, 4>(x, dims).require_grad();
     let (q, k, v) = (t(&qv), t(&kv), t(&vv));
     let out = kernels::attention(q.clone(), k.clone(), v.clone(), tensor(&keep, [b, s]), 0.0);

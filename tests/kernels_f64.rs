@@ -12,7 +12,10 @@ use burn::backend::{Autodiff, NdArray};
 use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use common::reference::{attention_f64, erf64, keep_mask, numeric_gradient, values, weighted};
+use common::reference::{
+    attention_f64, attention_numeric_gradients, erf64, keep_mask, numeric_gradient, values,
+    weighted,
+};
 use sinew::kernels::{self, LayerNormConfig};
 
 type F = NdArray<f64>;
@@ -55,17 +58,7 @@ fn attention() {
         "forward",
     );
     let g = (out * tensor::<A, 3>(&w, [b, s, h * d])).sum().backward();
-    let numeric = [
-        numeric_gradient(&qv, |q| {
-            weighted(&attention_f64(q, &kv, &vv, &keep, dims), &w)
-        }),
-        numeric_gradient(&kv, |k| {
-            weighted(&attention_f64(&qv, k, &vv, &keep, dims), &w)
-        }),
-        numeric_gradient(&vv, |v| {
-            weighted(&attention_f64(&qv, &kv, v, &keep, dims), &w)
-        }),
-    ];
+    let numeric = attention_numeric_gradients((&qv, &kv, &vv), &keep, dims, &w);
     for (i, t) in [q, k, v].iter().enumerate() {
         assert_close(&flat(t.grad(&g).unwrap()), &numeric[i], 1e-7, "gradient");
     }

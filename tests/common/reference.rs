@@ -73,6 +73,20 @@ pub fn numeric_gradient(x: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
         .collect()
 }
 
+/// Central-difference gradients of `Σ attention_f64(q, k, v)·w` for `[q, k, v]`.
+pub fn attention_numeric_gradients(
+    (q, k, v): (&[f64], &[f64], &[f64]),
+    keep: &[f64],
+    dims: [usize; 4],
+    w: &[f64],
+) -> [Vec<f64>; 3] {
+    [
+        numeric_gradient(q, |q| weighted(&attention_f64(q, k, v, keep, dims), w)),
+        numeric_gradient(k, |k| weighted(&attention_f64(q, k, v, keep, dims), w)),
+        numeric_gradient(v, |v| weighted(&attention_f64(q, k, v, keep, dims), w)),
+    ]
+}
+
 pub fn weighted(y: &[f64], w: &[f64]) -> f64 {
     y.iter().zip(w).map(|(a, b)| a * b).sum()
 }

@@ -10,23 +10,13 @@ after a warm-up). Prints one JSON object of seconds per call keyed like criterio
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from bench_adapters import timed  # the same warm-up and median
+
 HIDDEN, HEADS, FFN = 384, 12, 1536
-
-
-def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def works(batch, seq):
