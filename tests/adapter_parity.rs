@@ -201,6 +201,93 @@ fn lora_and_ia3_merge_and_unmerge_exactly() {
     merge_roundtrip::<sinew::backend::NdArrayBackend>();
 }
 
+/// A merged adapter never acts twice: activating another adapter, no adapter, or a `Stack`
+/// holding the merged one unmerges it first (AdapterHub's outputs for the other adapter, the
+/// backbone's own weights, the stack's unmerged outputs); running another setup while it is
+/// merged is an error naming it; activating the merged adapter alone keeps it merged.
+#[cfg(feature = "ndarray")]
+#[test]
+fn a_merged_adapter_is_unmerged_when_another_setup_runs() {
+    type B = sinew::backend::NdArrayBackend;
+    let device = Default::default();
+    let dir = fixture_path("adapters");
+    let outputs: Outputs =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let input = pretrained
+        .tokenizer
+        .encode(&outputs.texts)
+        .unwrap()
+        .to_input::<B>(&device);
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    for name in ["lora", "ia3", "seq_bn"] {
+        model.load_adapter(&dir.join(name), &device).unwrap();
+    }
+    let weights = |m: &AdapterModel<B>| {
+        m.backbone.encoder.layer[0]
+            .attention
+            .self_attention
+            .value
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let hidden = |m: &AdapterModel<B>| {
+        m.forward(&input)
+            .unwrap()
+            .encoded
+            .last_hidden_state
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    let before = weights(&model);
+    let stack = "Stack(lora, seq_bn)";
+    model.set_active(Some(stack)).unwrap();
+    let stacked = hidden(&model);
+    let merge = |m: &mut AdapterModel<B>| {
+        m.set_active(Some("lora")).unwrap();
+        m.merge_adapter("lora").unwrap();
+        assert_ne!(weights(m), before, "merging must change the weights");
+    };
+
+    merge(&mut model);
+    model.set_active(Some("lora")).unwrap();
+    assert_ne!(weights(&model), before, "lora alone stays merged");
+    let err = model
+        .forward_routed(&input, &vec!["ia3"; outputs.texts.len()])
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`lora` is merged"), "{err}");
+
+    model.set_active(Some("ia3")).unwrap();
+    assert_eq!(weights(&model), before, "activating ia3 unmerges lora");
+    let diff = max_abs_diff(
+        &hidden(&model),
+        &flat3(&outputs.cases["ia3"].last_hidden_state),
+    );
+    assert!(
+        diff <= 1e-4,
+        "ia3 after lora's merge differs from AdapterHub by {diff}"
+    );
+
+    merge(&mut model);
+    model.set_active(None).unwrap();
+    assert_eq!(weights(&model), before, "the bare backbone unmerges lora");
+
+    merge(&mut model);
+    model.set_active(Some(stack)).unwrap();
+    assert_eq!(weights(&model), before, "a stack holding lora unmerges it");
+    let diff = max_abs_diff(&hidden(&model), &stacked);
+    assert!(
+        diff <= 1e-6,
+        "the stack after lora's merge differs by {diff}"
+    );
+}
+
 #[cfg(feature = "ndarray")]
 #[test]
 fn adapterhub_folders_match_on_ndarray() {

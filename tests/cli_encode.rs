@@ -174,3 +174,56 @@ fn missing_tokenizer_names_the_file() {
     let line = encode_error(&model, dir.path());
     assert!(line.contains("tokenizer.json: not found"), "{line}");
 }
+
+/// A `model.safetensors` stored in f16 or bf16 loads (cast to f32) on every CPU backend and gives
+/// transformers' hidden states for the same rounded weights (tests/fixtures/half.json, written
+/// by tools/reference/make_half_fixtures.py). Before, ndarray panicked and the process died with
+/// SIGSEGV.
+#[test]
+fn half_precision_checkpoints_load_as_f32() {
+    #[derive(serde::Deserialize)]
+    struct Fixture {
+        texts: Vec<String>,
+        input_ids: Vec<Vec<u32>>,
+        cases: std::collections::BTreeMap<String, Vec<Vec<Vec<f32>>>>,
+    }
+    let fixture: Fixture =
+        serde_json::from_str(&std::fs::read_to_string(common::fixture_path("half.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_lines(dir.path(), "in.txt", &fixture.texts);
+    let output = dir.path().join("out.json");
+    for (name, dtype) in [
+        ("f16", safetensors::Dtype::F16),
+        ("bf16", safetensors::Dtype::BF16),
+    ] {
+        let model = common::half_precision_model(dtype);
+        let want = flat3(&fixture.cases[name]);
+        for backend in ["ndarray", "flex"] {
+            let out = sinew(&[
+                "encode",
+                "--model",
+                model.path().to_str().unwrap(),
+                "--input",
+                &input,
+                "--output",
+                output.to_str().unwrap(),
+                "--backend",
+                backend,
+            ]);
+            assert!(
+                out.status.success(),
+                "{name} on {backend}: {:?} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got: Encoded = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+            assert_eq!(got.input_ids, fixture.input_ids);
+            let diff = max_abs_diff(&flat3(&got.last_hidden_state), &want);
+            assert!(
+                diff <= 1e-4,
+                "{name} on {backend}: last_hidden_state differs from transformers by {diff}"
+            );
+        }
+    }
+}

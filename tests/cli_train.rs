@@ -299,3 +299,84 @@ fn a_picture_that_cannot_be_drawn_is_a_warning() {
         "{stderr}"
     );
 }
+
+/// `sinew train --pair-col` tokenizes each row as a sentence pair, as HF `tokenizers` does
+/// (tests/fixtures/pairs.json): the run's token cache holds `[CLS] a [SEP] b [SEP]` with segment
+/// ids 0 then 1 for every row.
+#[test]
+fn pair_columns_train_on_sentence_pairs() {
+    #[derive(serde::Deserialize)]
+    struct Example {
+        text: String,
+        pair: Option<String>,
+        label: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Fixture {
+        examples: Vec<Example>,
+        input_ids: Vec<Vec<u32>>,
+        token_type_ids: Vec<Vec<u32>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cached {
+        tokens: Vec<Tokens>,
+    }
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    struct Tokens {
+        ids: Vec<u32>,
+        types: Vec<u32>,
+    }
+    let fixture: Fixture =
+        serde_json::from_str(&std::fs::read_to_string(fixture_path("pairs.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = csv::Writer::from_path(dir.path().join("pairs.csv")).unwrap();
+    csv.write_record(["premise", "hypothesis", "label"])
+        .unwrap();
+    let mut want = Vec::new();
+    for (i, e) in fixture.examples.iter().enumerate() {
+        if let Some(pair) = &e.pair {
+            csv.write_record([&e.text, pair, &e.label]).unwrap();
+            want.push(Tokens {
+                ids: fixture.input_ids[i].clone(),
+                types: fixture.token_type_ids[i].clone(),
+            });
+        }
+    }
+    csv.flush().unwrap();
+    assert!(want.len() >= 3);
+    let file = dir.path().join("pairs.csv");
+    let home = dir.path().join("home");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sinew"))
+        .args(["train", "--train"])
+        .arg(&file)
+        .arg("--dev")
+        .arg(&file)
+        .args(["--text-col", "premise", "--pair-col", "hypothesis"])
+        .args(["--method", "head", "--epochs", "1", "--backend", "ndarray"])
+        .arg("--model")
+        .arg(model_dir())
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .env("SINEW_HOME", &home)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let caches: Vec<Vec<Tokens>> = std::fs::read_dir(home.join("cache/tokens"))
+        .unwrap()
+        .map(|f| {
+            let cached: Cached =
+                serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).unwrap();
+            cached.tokens
+        })
+        .collect();
+    assert!(!caches.is_empty(), "the run tokenized its data");
+    for tokens in &caches {
+        assert_eq!(tokens, &want, "every row tokenized as HF tokenizers' pair");
+    }
+}

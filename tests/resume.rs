@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::training::{adapter_weights, multi_task_model, two_tasks};
+use common::training::{adapter_weights, head, multi_task_model, two_tasks};
+use sinew::adapter::bottleneck::{BnConfig, ReductionFactor};
+use sinew::adapter::MethodConfig;
 use sinew::trainer::checkpoint::Checkpoint;
 use sinew::trainer::train::{train, Regime, TrainConfig};
 
@@ -127,4 +129,63 @@ fn resume_equals_an_uninterrupted_run() {
             "{what}: {err}"
         );
     }
+
+    // A checkpoint whose tensors do not fit the model (the run's adapters were twice as wide) is
+    // refused, naming the tensor and both shapes.
+    let (mut wide, _) = multi_task_model(&[]);
+    for task in &tasks {
+        let mut bn = BnConfig::seq_bn();
+        bn.reduction_factor = ReductionFactor::Uniform(8.0);
+        let device = Default::default();
+        wide.add_adapter(&task.name, MethodConfig::Bottleneck(bn), &device)
+            .unwrap();
+        wide.add_head(&task.name, head(task.classes), &device)
+            .unwrap();
+    }
+    std::fs::write(checkpoint.path(), &bytes).unwrap();
+    replace_entry(
+        checkpoint.path(),
+        "parts.bin",
+        &sinew::trainer::checkpoint::parts_to_bytes(&wide).unwrap(),
+    );
+    let (mut model, _) = multi_task_model(&tasks);
+    let err = train(
+        &mut model,
+        &Regime::Adapters,
+        &tasks,
+        &config,
+        Some(&checkpoint),
+        &mut (),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("checkpoint.zip")
+            && err.contains("parts.bin")
+            && err.contains("[384, 24]")
+            && err.contains("[384, 48]")
+            && !err.contains('\n'),
+        "{err}"
+    );
+}
+
+/// Rewrites `file`, a zip archive, with `name`'s bytes replaced.
+fn replace_entry(file: &std::path::Path, name: &str, bytes: &[u8]) {
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(file).unwrap()).unwrap();
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let entry_name = entry.name().to_string();
+        let mut content = Vec::new();
+        entry.read_to_end(&mut content).unwrap();
+        out.start_file(
+            entry_name.as_str(),
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        out.write_all(if entry_name == name { bytes } else { &content })
+            .unwrap();
+    }
+    std::fs::write(file, out.finish().unwrap().into_inner()).unwrap();
 }

@@ -11,10 +11,10 @@ use sinew::adapter::bottleneck::BnConfig;
 use sinew::adapter::{HeadConfig, MethodConfig};
 use sinew::backbone::Pretrained;
 use sinew::fusion::AdapterModel;
-use sinew::trainer::batching::{tokenize, tokenize_cached};
+use sinew::trainer::batching::{collate, tokenize, tokenize_cached};
 use sinew::trainer::checkpoint::Checkpoint;
 use sinew::trainer::metrics::scores;
-use sinew::trainer::tasks::parse_trec;
+use sinew::trainer::tasks::{parse_trec, Example};
 use sinew::trainer::train::{
     predict, train, Observer, Regime, StepLog, TaskData, TrainConfig, TrainError,
 };
@@ -207,5 +207,66 @@ fn baselines_train_the_head_or_everything() {
         let l = &outcome.losses;
         eprintln!("full={full}: losses {l:?}");
         assert!(l[l.len() - 4..].iter().sum::<f32>() < l[..4].iter().sum::<f32>());
+    }
+}
+
+/// Sentence pairs (tests/fixtures/pairs.json, written by tools/reference/make_pair_fixtures.py):
+/// a batch mixing pairs and single texts tokenizes as HF `tokenizers` encodes each example (no
+/// pair dropped because a neighbour has none), and the padded batch, segment ids included, gives
+/// transformers' hidden states.
+#[test]
+fn sentence_pairs_match_hf_tokenizers_and_transformers() {
+    #[derive(serde::Deserialize)]
+    struct Fixture {
+        examples: Vec<Example>,
+        input_ids: Vec<Vec<u32>>,
+        token_type_ids: Vec<Vec<u32>>,
+        last_hidden_state: Vec<Vec<Vec<f32>>>,
+    }
+    let fixture: Fixture =
+        serde_json::from_str(&std::fs::read_to_string(fixture_path("pairs.json")).unwrap())
+            .unwrap();
+    let examples = &fixture.examples;
+    assert!(
+        examples.iter().any(|e| e.pair.is_some()) && examples.iter().any(|e| e.pair.is_none()),
+        "the batch mixes pairs and single texts"
+    );
+    let device = Default::default();
+    // Burn's dropout acts whenever autodiff is on; transformers ran in eval mode.
+    let dir = model_without_dropout();
+    let pretrained = Pretrained::<A>::load(dir.path(), None, &device).unwrap();
+    let mut labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    let tokens = tokenize(&pretrained.tokenizer, examples, &labels).unwrap();
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(t.ids, fixture.input_ids[i], "example {i}: token ids");
+        assert_eq!(
+            t.types, fixture.token_type_ids[i],
+            "example {i}: segment ids"
+        );
+    }
+    let all: Vec<usize> = (0..tokens.len()).collect();
+    let (batch, _) = collate(&tokens, &all);
+    let hidden = pretrained
+        .model
+        .forward(&batch.to_input::<A>(&device))
+        .last_hidden_state;
+    let [_, width, dim] = hidden.dims();
+    let hidden = hidden.into_data().to_vec::<f32>().unwrap();
+    let scale = common::flat3(&fixture.last_hidden_state)
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()));
+    for (i, t) in tokens.iter().enumerate() {
+        // Padding positions are not outputs; compare each example's own tokens.
+        for p in 0..t.ids.len() {
+            let got = &hidden[(i * width + p) * dim..][..dim];
+            let want = &fixture.last_hidden_state[i][p];
+            let diff = common::max_abs_diff(got, want);
+            assert!(
+                diff <= 1e-5 * scale,
+                "example {i}, position {p}: differs from transformers by {diff} (scale {scale})"
+            );
+        }
     }
 }

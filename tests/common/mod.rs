@@ -107,3 +107,51 @@ pub fn model_without_dropout() -> tempfile::TempDir {
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     dir
 }
+
+/// The real model folder with `model.safetensors` stored in half precision (`F16` or `BF16`):
+/// every f32 tensor rounded to nearest even, as `torch`'s `.half()` / `.bfloat16()` do.
+pub fn half_precision_model(dtype: safetensors::Dtype) -> tempfile::TempDir {
+    use burn::tensor::{bf16, f16};
+    let real = model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["config.json", "tokenizer.json"] {
+        std::os::unix::fs::symlink(real.join(name), dir.path().join(name)).unwrap();
+    }
+    let bytes = std::fs::read(real.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors = Vec::new();
+    for (name, view) in file.tensors() {
+        let data: Vec<u8> = if view.dtype() == safetensors::Dtype::F32 {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()));
+            match dtype {
+                safetensors::Dtype::F16 => values
+                    .flat_map(|v| f16::from_f32(v).to_le_bytes())
+                    .collect(),
+                safetensors::Dtype::BF16 => values
+                    .flat_map(|v| bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+                other => panic!("{other:?} is not a half-precision dtype"),
+            }
+        } else {
+            view.data().to_vec()
+        };
+        let stored = if view.dtype() == safetensors::Dtype::F32 {
+            dtype
+        } else {
+            view.dtype()
+        };
+        tensors.push((name, stored, view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
+    dir
+}

@@ -3,7 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn_store::{ApplyError, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use std::rc::Rc;
+
+use burn::tensor::DType;
+use burn_store::{
+    Applier, ApplyError, ModuleAdapter, ModuleStore, PyTorchToBurnAdapter, SafetensorsStore,
+    TensorSnapshot,
+};
 
 use crate::config::BertConfig;
 use crate::error::{BackboneError, Result};
@@ -17,6 +23,32 @@ const KEY_REMAPS: [(&str, &str); 3] = [
     (r"\.attention\.self\.", ".attention.self_attention."),
     (r"LayerNorm", "layer_norm"),
 ];
+
+/// Half-precision (f16, bf16) and f64 checkpoint tensors become f32, the dtype sinew computes
+/// in (f16 → f32 is exact); integer tensors are left alone.
+#[derive(Clone)]
+struct FloatToF32;
+
+impl ModuleAdapter for FloatToF32 {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        if !matches!(snapshot.dtype, DType::F16 | DType::BF16 | DType::F64) {
+            return snapshot.clone();
+        }
+        let data = snapshot.clone_data_fn();
+        TensorSnapshot::from_closure(
+            Rc::new(move || Ok(data()?.convert_dtype(DType::F32))),
+            DType::F32,
+            snapshot.shape.clone(),
+            snapshot.path_stack.clone().unwrap_or_default(),
+            snapshot.container_stack.clone().unwrap_or_default(),
+            snapshot.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
 
 /// The three files of a HuggingFace BERT-family folder.
 #[derive(Debug, Clone)]
@@ -103,17 +135,32 @@ pub fn load_weights<B: Backend>(
     if !path.is_file() {
         return Err(weights_error("not found".into()));
     }
-    let mut model = config.init::<B>(true, device);
-    let mut store = SafetensorsStore::from_file(path)
-        .with_from_adapter(PyTorchToBurnAdapter)
-        .validate(false)
-        .allow_partial(true);
+    let mut store = SafetensorsStore::from_file(path);
     for (from, to) in KEY_REMAPS {
         store = store.with_key_remapping(from, to);
     }
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| weights_error(format!("not a readable safetensors file ({e})")))?;
+    let snapshots: Vec<TensorSnapshot> = store
+        .get_all_snapshots()
+        .map_err(|e| weights_error(format!("not a readable safetensors file ({e})")))?
+        .values()
+        .cloned()
+        .collect();
+    // An owned `map` rather than burn-store's `load_from`: that one moves the module out of a
+    // `&mut` with `ptr::read`, so a panic while applying drops it twice (a segfault).
+    let adapter = PyTorchToBurnAdapter.chain(FloatToF32);
+    let mut applier = Applier::<B>::new(snapshots, None, Some(Box::new(adapter)), false);
+    let mut model = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        config.init::<B>(true, device).map(&mut applier)
+    }))
+    .map_err(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        weights_error(format!("could not be loaded ({what})"))
+    })?;
+    let result = applier.into_result();
 
     if let Some(error) = result.errors.first() {
         return Err(weights_error(describe(error)));

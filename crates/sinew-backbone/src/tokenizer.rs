@@ -8,8 +8,8 @@ use std::path::Path;
 
 use burn::prelude::*;
 use tokenizers::{
-    Encoding, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
-    TruncationParams, TruncationStrategy,
+    EncodeInput, Encoding, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer,
+    TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 use crate::error::{BackboneError, Result};
@@ -90,11 +90,15 @@ impl TextTokenizer {
         Ok(Self::collect(encodings))
     }
 
-    /// Tokenizes sentence pairs (`[CLS] a [SEP] b [SEP]`, segment ids 0 then 1).
-    pub fn encode_pairs<S: AsRef<str>>(&self, pairs: &[(S, S)]) -> Result<TokenBatch> {
-        let inputs: Vec<(String, String)> = pairs
+    /// Tokenizes texts with an optional second text each: a pair is `[CLS] a [SEP] b [SEP]`
+    /// (segment ids 0 then 1), a text alone `[CLS] a [SEP]`; one batch may mix both.
+    pub fn encode_pairs<S: AsRef<str>>(&self, pairs: &[(S, Option<S>)]) -> Result<TokenBatch> {
+        let inputs: Vec<EncodeInput> = pairs
             .iter()
-            .map(|(a, b)| (a.as_ref().to_string(), b.as_ref().to_string()))
+            .map(|(a, b)| match b {
+                Some(b) => (a.as_ref().to_string(), b.as_ref().to_string()).into(),
+                None => a.as_ref().to_string().into(),
+            })
             .collect();
         let encodings = self
             .inner

@@ -248,16 +248,32 @@ impl<B: FusedOps> AdapterModel<B> {
     }
 
     /// Makes `setup` the active setup: an adapter name or an expression such as
-    /// `Fuse(a, b)` or `Stack(a, Parallel(b, c))` (`None`: the bare backbone).
+    /// `Fuse(a, b)` or `Stack(a, Parallel(b, c))` (`None`: the bare backbone). A merged adapter
+    /// (see [`merge_adapter`](Self::merge_adapter)) stays merged only while it alone is active:
+    /// any other setup unmerges it first, since its weights would otherwise act a second time.
     pub fn set_active(&mut self, setup: Option<&str>) -> Result<()> {
-        self.active = setup
+        let setup = setup
             .map(|text| {
                 let setup = Setup::parse(text).map_err(AdapterError::Input)?;
                 self.check_setup(&setup)?;
                 Ok::<_, AdapterError>(setup)
             })
             .transpose()?;
+        if self.merged_conflicts(setup.as_ref()).is_some() {
+            self.unmerge_adapter();
+        }
+        self.active = setup;
         Ok(())
+    }
+
+    /// The merged adapter's name when running `setup` on the merged weights would be wrong
+    /// (anything but that adapter alone).
+    fn merged_conflicts(&self, setup: Option<&Setup>) -> Option<&str> {
+        let (merged, _) = self.merged.as_ref()?;
+        match setup {
+            Some(Setup::Adapter(name)) if name == merged => None,
+            _ => Some(merged),
+        }
     }
 
     /// The active setup.
@@ -421,15 +437,15 @@ impl<B: FusedOps> AdapterModel<B> {
                     slots.len()
                 )));
             }
-            for (slot, record) in slots.iter_mut().zip(saved) {
+            for (i, (slot, record)) in slots.iter_mut().zip(saved).enumerate() {
                 if let Some(record) = record {
-                    *slot = slot.clone().load_record(record);
+                    *slot = load_checked(slot, record, &format!("{what}[{i}]"))?;
                 }
             }
             Ok(())
         }
         if let Some(record) = parts.backbone {
-            self.backbone = self.backbone.clone().load_record(record);
+            self.backbone = load_checked(&self.backbone, record, "backbone")?;
         }
         put("adapters", &mut self.adapters, parts.adapters)?;
         put("heads", &mut self.heads, parts.heads)?;
@@ -959,6 +975,12 @@ impl<B: FusedOps> AdapterModel<B> {
         attentions: bool,
         outputs: Outputs,
     ) -> Result<AdapterOutput<B>> {
+        if let Some(merged) = self.merged_conflicts(setup) {
+            return Err(AdapterError::Input(format!(
+                "adapter `{merged}` is merged into the backbone's weights: unmerge it before running {}",
+                setup.map_or("the bare backbone".to_string(), |s| format!("`{s}`"))
+            )));
+        }
         let merged = self.merged.as_ref().map(|(n, _)| n.as_str());
         let [batch, seq] = start.dims();
         let positions = self.positions(setup, attentions, outputs);
@@ -1163,5 +1185,56 @@ impl<B: FusedOps> ModuleVisitor<B> for ParamCounter {
         if param.val().is_require_grad() {
             self.trainable += n;
         }
+    }
+}
+
+/// `module` with `record` loaded, refused when a saved tensor's shape differs from the module's
+/// (Burn's `load_record` takes any shape, and the mismatch would surface later as a wrong answer
+/// or a panic deep in a kernel).
+fn load_checked<B: Backend, M: Module<B> + Clone>(
+    module: &M,
+    record: M::Record,
+    what: &str,
+) -> Result<M> {
+    let expected = ParamShapes::of(module);
+    let loaded = module.clone().load_record(record);
+    let found = ParamShapes::of(&loaded);
+    for ((path, want), (_, got)) in expected.iter().zip(&found) {
+        if want != got {
+            return Err(AdapterError::Input(format!(
+                "{what}.{path} has shape {got:?}, the model expects {want:?}"
+            )));
+        }
+    }
+    Ok(loaded)
+}
+
+/// The shape of every float parameter of a module, by path, without initialising lazy ones.
+#[derive(Default)]
+struct ParamShapes {
+    path: Vec<String>,
+    shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl ParamShapes {
+    fn of<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+        let mut visitor = Self::default();
+        module.visit(&mut visitor);
+        visitor.shapes
+    }
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamShapes {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.shapes
+            .push((self.path.join("."), param.lazy_shape().to_vec()));
     }
 }

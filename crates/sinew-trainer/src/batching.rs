@@ -30,20 +30,16 @@ pub fn tokenize(
 ) -> Result<Vec<Tokens>, DataError> {
     let mut out = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(256) {
-        let batch = if chunk.iter().all(|e| e.pair.is_some()) {
-            let pairs: Vec<(&str, &str)> = chunk
-                .iter()
-                .map(|e| (e.text.as_str(), e.pair.as_deref().unwrap_or_default()))
-                .collect();
-            tokenizer.encode_pairs(&pairs)
-        } else {
-            let texts: Vec<&str> = chunk.iter().map(|e| e.text.as_str()).collect();
-            tokenizer.encode(&texts)
-        }
-        .map_err(|e| DataError::File {
-            path: "tokenizer".into(),
-            message: e.to_string(),
-        })?;
+        let pairs: Vec<(&str, Option<&str>)> = chunk
+            .iter()
+            .map(|e| (e.text.as_str(), e.pair.as_deref()))
+            .collect();
+        let batch = tokenizer
+            .encode_pairs(&pairs)
+            .map_err(|e| DataError::File {
+                path: "tokenizer".into(),
+                message: e.to_string(),
+            })?;
         for (i, e) in chunk.iter().enumerate() {
             let label =
                 labels

@@ -7,6 +7,7 @@
 //! - [`cache`]: the frozen-prefix activation cache (layers no adapter changes run once per example);
 //! - [`train`]: the training loop for every regime — ST-A, MT-A, fusion, head-only, full
 //!   fine-tuning (AdamW, warmup/decay, clipping, early stopping, best epoch kept);
+//! - [`clip`]: gradient clipping by the global norm, as PyTorch's `clip_grad_norm_`;
 //! - [`checkpoint`]: what trains plus optimizer state and progress, one atomic file, exact resume;
 //! - [`monitor`]: the progress bar and the JSONL metrics log;
 //! - [`metrics`]: accuracy, macro-F1, MCC.
@@ -14,6 +15,7 @@
 pub mod batching;
 pub mod cache;
 pub mod checkpoint;
+pub mod clip;
 pub mod data;
 pub mod metrics;
 pub mod monitor;

@@ -29,6 +29,7 @@ use crate::cache::ActivationCache;
 use crate::checkpoint::{
     parts_to_bytes, restore_from_bytes, Checkpoint, CheckpointError, Progress,
 };
+use crate::clip::clip_global_norm;
 use crate::metrics::{scores, Scores};
 
 /// Hyperparameters of a run (the keys of a run file's `[train]` table).
@@ -45,7 +46,8 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// Fraction of the steps spent warming up linearly from 0.
     pub warmup: f64,
-    /// Largest gradient L2 norm (clipped above).
+    /// Largest L2 norm of all trained parameters' gradients together: above it, every gradient
+    /// is scaled down alike (PyTorch's `clip_grad_norm_`).
     pub clip_norm: f32,
     /// Epochs without a better dev macro-F1 before stopping.
     pub patience: usize,
@@ -438,9 +440,6 @@ fn run_description(regime: &Regime, tasks: &[TaskData], config: &TrainConfig) ->
 fn new_optimizer<B: FusedAutodiff>(config: &TrainConfig) -> impl Optimizer<AdapterModel<B>, B> {
     AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
-        .with_grad_clipping(Some(
-            burn::optim::grad_clipping::GradientClippingConfig::Norm(config.clip_norm),
-        ))
         .init::<B, AdapterModel<B>>()
 }
 
@@ -541,7 +540,8 @@ pub fn train<B: FusedAutodiff>(
                 });
             }
             let lr = learning_rate(config, progress.step, total);
-            let grads = GradientsParams::from_grads(loss.backward(), model);
+            let mut grads = GradientsParams::from_grads(loss.backward(), model);
+            clip_global_norm(model, &mut grads, config.clip_norm);
             *model = optimizer.step(lr, model.clone(), grads);
             model.anneal_fusion_temperatures();
             progress.step += 1;
