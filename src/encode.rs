@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sinew_backbone::FusedOps;
 
+use crate::adapter::HeadLogits;
 use crate::backbone::files::write_atomic_with;
 use crate::backbone::{Pretrained, TextTokenizer, TokenBatch};
 use crate::backend::BackendJob;
@@ -29,10 +30,22 @@ pub struct Encoded {
     /// `[batch][token][labels]`, when the active adapter has a tagging head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_logits: Option<Vec<Vec<Vec<f32>>>>,
+    /// Each head's outputs by name, for setups with several heads (`Parallel`, `BatchSplit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<std::collections::BTreeMap<String, HeadRows>>,
     /// Fusion attentions `[batch][token][adapters]` by layer: `"<layer>"` after the FFN
     /// (`output_adapter`), `"<layer>.mh_adapter"` after attention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion_attentions: Option<std::collections::BTreeMap<String, Vec<Vec<Vec<f32>>>>>,
+}
+
+/// One head's outputs in a setup with several heads.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct HeadRows {
+    /// The texts it predicted for (0-based lines of the input).
+    pub rows: Vec<usize>,
+    /// Per row: `[labels]`, or `[token][labels]` for a tagging head.
+    pub logits: Vec<serde_json::Value>,
 }
 
 /// Reads one text per line; blank lines are skipped with a warning, and a file with no text is
@@ -88,6 +101,7 @@ pub fn encode_texts<B: FusedOps>(
         mean_pooled: Vec::with_capacity(texts.len()),
         logits: None,
         token_logits: None,
+        heads: None,
         fusion_attentions: None,
     };
     for start in (0..texts.len()).step_by(batch_size) {
@@ -115,6 +129,45 @@ pub fn encode_texts<B: FusedOps>(
                         .chunks(seq * n)
                         .map(|text| text.chunks(n).map(<[f32]>::to_vec).collect()),
                 );
+        }
+        if output.heads.len() > 1 {
+            let batch = end - start;
+            for head in &output.heads {
+                let (rows, per_row) = match &head.logits {
+                    HeadLogits::Text(l) => {
+                        let labels = l.dims()[1];
+                        let values = l.clone().into_data().to_vec::<f32>()?;
+                        let rows: Vec<serde_json::Value> =
+                            values.chunks(labels).map(|r| r.into()).collect();
+                        (head.examples.len(), rows)
+                    }
+                    HeadLogits::Tokens(l) => {
+                        let [_, seq, labels] = l.dims();
+                        let values = l.clone().into_data().to_vec::<f32>()?;
+                        let rows: Vec<serde_json::Value> = values
+                            .chunks(seq * labels)
+                            .map(|t| {
+                                t.chunks(labels)
+                                    .map(<[f32]>::to_vec)
+                                    .collect::<Vec<_>>()
+                                    .into()
+                            })
+                            .collect();
+                        (head.examples.len(), rows)
+                    }
+                };
+                debug_assert_eq!(rows, per_row.len());
+                let entry = out
+                    .heads
+                    .get_or_insert_with(Default::default)
+                    .entry(head.name.clone())
+                    .or_default();
+                // `Parallel` replicates the batch: its rows count across the replicas.
+                entry
+                    .rows
+                    .extend(head.examples.iter().map(|&r| start + r % batch));
+                entry.logits.extend(per_row);
+            }
         }
         if let Some(logits) = output.logits {
             let labels = logits.dims()[1];
@@ -170,6 +223,8 @@ pub struct EncodeJob {
     pub adapters: Vec<PathBuf>,
     /// Fusion folders (AdapterHub's `save_adapter_fusion` layout), loaded after the adapters.
     pub fusions: Vec<PathBuf>,
+    /// Head folders (AdapterHub's `save_head` layout), loaded last.
+    pub heads: Vec<PathBuf>,
     /// The setup to activate (default: the only fusion, or the only adapter, loaded).
     pub setup: Option<String>,
     /// Reproduce AdapterHub's behaviour where sinew corrects it (see `sinew_fusion`).
@@ -228,6 +283,9 @@ impl BackendJob for EncodeJob {
         let mut fusions = Vec::new();
         for dir in &self.fusions {
             fusions.push(model.load_fusion(dir, device)?);
+        }
+        for dir in &self.heads {
+            model.load_head(dir, device)?;
         }
         if self.adapterhub_semantics {
             model.set_semantics(crate::fusion::Semantics::AdapterHub);

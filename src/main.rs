@@ -68,6 +68,10 @@ enum Command {
         /// must be given with --adapter).
         #[arg(long = "fusion")]
         fusions: Vec<PathBuf>,
+        /// Head folder saved alone by AdapterHub's `save_head` (repeatable): it predicts for the
+        /// adapter or fusion it was saved with.
+        #[arg(long = "head")]
+        heads: Vec<PathBuf>,
         /// The setup to activate: an adapter name or an expression such as "Fuse(a, b)",
         /// "Stack(a, b)", "Parallel(a, b)" (default: the only fusion, or the only adapter, given).
         #[arg(long)]
@@ -494,6 +498,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch_size,
             adapters,
             fusions,
+            heads,
             setup,
             adapterhub_semantics,
             fusion_plot,
@@ -510,6 +515,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 batch_size,
                 adapters,
                 fusions,
+                heads,
                 setup,
                 adapterhub_semantics,
                 fusion_plot,

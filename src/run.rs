@@ -19,7 +19,7 @@ use crate::backbone::{assets, ModelFiles, Pretrained, TextTokenizer};
 use crate::backend::BackendJob;
 use crate::fusion::{AdapterModel, FusionConfig};
 use crate::trainer::batching::{tokenize_cached, Tokens};
-use crate::trainer::checkpoint::{parts_to_bytes, restore_from_bytes, Checkpoint};
+use crate::trainer::checkpoint::{parts_to_stable_bytes, restore_from_bytes, Checkpoint};
 use crate::trainer::data::{prepare, read_split, stratified_split, subsample, task_dir};
 use crate::trainer::metrics::Scores;
 use crate::trainer::monitor::Monitor;
@@ -420,6 +420,12 @@ impl BackendJob for TrainJob {
         }
         spec.train.validate()?;
         std::fs::create_dir_all(&self.out).with_context(|| self.out.display().to_string())?;
+        // A run killed mid-write (SIGKILL) leaves its temporary file; the rename never happened,
+        // so the previous checkpoint is whole and the leftover is garbage.
+        let stale = crate::backbone::files::remove_stale_temporaries(&self.out);
+        if stale > 0 {
+            tracing::info!("removed {stale} temporary files of an interrupted run");
+        }
         let checkpoint = Checkpoint::new(&self.out);
         if checkpoint.path().exists() && !self.resume {
             bail!(
@@ -445,6 +451,9 @@ impl BackendJob for TrainJob {
                 examples,
             ));
         }
+        // Everything random is a function of the seed: the new adapters', fusion's and heads'
+        // initial weights too (the loop reseeds before every step).
+        <Autodiff<B> as Backend>::seed(device, spec.train.seed);
         let pretrained = Pretrained::<Autodiff<B>>::load(&model_dir, Some(spec.max_len), device)?;
         let mut record = RunRecord {
             spec: spec.clone(),
@@ -487,7 +496,7 @@ impl BackendJob for TrainJob {
         }
         write_atomic(
             &self.out.join("parts.bin"),
-            &parts_to_bytes(&model).map_err(anyhow::Error::msg)?,
+            &parts_to_stable_bytes(&model).map_err(anyhow::Error::msg)?,
         )?;
         write_atomic(
             &self.out.join("run.json"),

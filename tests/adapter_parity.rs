@@ -300,6 +300,12 @@ fn adapterhub_folders_match_on_flex() {
     parity::<sinew::backend::FlexBackend>();
 }
 
+#[cfg(feature = "wgpu")]
+#[test]
+fn adapterhub_folders_match_on_wgpu() {
+    parity::<sinew::backend::WgpuBackend>();
+}
+
 /// sinew writes AdapterHub's layout: the folders it saves hold the same files, keys, shapes and
 /// values as the folders AdapterHub saved, and the same config fields.
 #[cfg(feature = "ndarray")]
@@ -344,6 +350,16 @@ fn saved_folders_have_adapterhubs_layout() {
             for key in ["name", "hidden_size", "model_type"] {
                 assert_eq!(a[key], b[key], "{name}/{file}: {key}");
             }
+            let missing: Vec<&String> = a["config"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| b["config"].get(k.as_str()).is_none())
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{name}/{file}: sinew leaves out config keys AdapterHub writes: {missing:?}"
+            );
             for (key, value) in b["config"].as_object().unwrap() {
                 let theirs = &a["config"][key];
                 let same = same_json(theirs, value);

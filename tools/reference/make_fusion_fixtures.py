@@ -6,9 +6,10 @@ and are saved with the library's own `save_adapter(..., use_safetensors=True)` i
 tests/fixtures/fusion/adapters/<name>/. Each case activates one setup (Fuse with the dynamic and static
 presets, Stack, BatchSplit, Parallel, Average); fusions get random weights and are
 saved with `save_adapter_fusion(..., with_head=True, use_safetensors=True)` into
-tests/fixtures/fusion/fusions/<case>/. outputs.json records hidden states, logits per head, fusion
-attentions and, for two fusions, the loss and a few gradients (first two rows) after
-`train_adapter_fusion`.
+tests/fixtures/fusion/fusions/<case>/; seq_b's head alone goes to heads/seq_b/ (`save_head`). outputs.json records hidden states, logits per head, fusion
+attentions and, for two fusions, the loss after `train_adapter_fusion`; grads.safetensors the whole
+gradients of a few fusion tensors (`<case>/<key>`; the key's bias is left out: its gradient is zero
+by construction, softmax being invariant to a shift shared by all adapters).
 
     tools/reference/.venv/bin/python tools/reference/make_fusion_fixtures.py [MODEL_DIR]
 """
@@ -57,7 +58,7 @@ GRADS = {
     "fuse_dynamic": [
         "bert.encoder.layer.0.output.adapter_fusion_layer.seq_a,seq_b.query.weight",
         "bert.encoder.layer.5.output.adapter_fusion_layer.seq_a,seq_b.value.weight",
-        "bert.encoder.layer.5.output.adapter_fusion_layer.seq_a,seq_b.key.bias",
+        "bert.encoder.layer.5.output.adapter_fusion_layer.seq_a,seq_b.query.bias",
     ],
     "fuse_static": [
         "bert.encoder.layer.5.attention.output.adapter_fusion_layer.dbl_a,dbl_b.query.weight",
@@ -113,7 +114,12 @@ def main():
                     randomize(site.adapters[name], generator)
         randomize(model.heads[name], generator)
         model.save_adapter(str(OUT / "adapters" / name), name, with_head=True, use_safetensors=True)
+        if name == "seq_b":
+            # A head saved alone (`save_head`, PyTorch's .bin as by default): `sinew encode --head`.
+            (OUT / "heads" / name).mkdir(parents=True)
+            model.save_head(str(OUT / "heads" / name), name)
     outputs = {"texts": TEXTS, "labels": LABELS, "cases": {}}
+    grads = {}
     for case, (setup, preset, expression) in CASES.items():
         record = {"setup": expression}
         if preset is not None:
@@ -155,15 +161,14 @@ def main():
             loss.backward()
             params = dict(model.named_parameters())
             record["loss"] = loss.item()
-            # The first two rows of a matrix are enough to compare (and keep outputs.json small).
-            record["grads"] = {
-                key: {"shape": list(params[key].grad.shape), "values": rounded(params[key].grad[:2].flatten().tolist(), 9)}
-                for key in GRADS[case]
-            }
+            record["grads"] = {key: {"shape": list(params[key].grad.shape)} for key in GRADS[case]}
+            for key in GRADS[case]:
+                grads[f"{case}/{key}"] = params[key].grad.detach().clone().contiguous()
             model.zero_grad()
         outputs["cases"][case] = record
         print(case, record["heads"], sorted(record.get("fusion_attentions", {}))[:3])
     outputs["input_ids"] = enc["input_ids"].tolist()
+    save_file(grads, str(OUT / "grads.safetensors"))
     (OUT / "outputs.json").write_text(json.dumps(outputs, separators=(",", ":")))
     print("wrote", OUT)
 

@@ -254,6 +254,24 @@ impl MethodSpec for BnConfig {
         "cross_adapter",
         "stochastic_depth",
     ];
+    const WRITTEN_DEFAULTS: &'static [(&'static str, &'static str)] = &[
+        ("phm_layer", "false"),
+        ("phm_dim", "4"),
+        ("factorized_phm_W", "true"),
+        ("shared_W_phm", "false"),
+        ("shared_phm_rule", "true"),
+        ("factorized_phm_rule", "false"),
+        ("phm_c_init", "\"normal\""),
+        ("phm_init_range", "0.0001"),
+        ("learn_phm", "true"),
+        ("hypercomplex_nonlinearity", "\"glorot-uniform\""),
+        ("phm_rank", "1"),
+        ("phm_bias", "true"),
+        ("inv_adapter", "null"),
+        ("inv_adapter_reduction_factor", "null"),
+        ("cross_adapter", "false"),
+        ("stochastic_depth", "0.0"),
+    ];
 
     /// Rejects the AdapterHub options sinew does not implement, naming the key.
     fn check_supported(raw: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {

@@ -25,6 +25,9 @@ pub trait MethodSpec:
     /// AdapterHub keys read besides the config's own fields: accepted at their defaults (see
     /// [`check_supported`](Self::check_supported)) or ignored, without a warning.
     const ACCEPTED: &'static [&'static str] = &[];
+    /// What AdapterHub writes for the [`ACCEPTED`](Self::ACCEPTED) keys sinew leaves at their
+    /// defaults (key, JSON value), so that a saved config holds every key AdapterHub's does.
+    const WRITTEN_DEFAULTS: &'static [(&'static str, &'static str)] = &[];
 
     /// Rejects AdapterHub settings sinew does not implement, naming the key.
     fn check_supported(raw: &Map<String, Value>) -> std::result::Result<(), String> {
@@ -98,6 +101,21 @@ pub(crate) fn first_site_layer(sites: impl IntoIterator<Item = (usize, Option<bo
     first
 }
 
+/// The `config` object of `adapter_config.json` with every key AdapterHub writes: the method's
+/// own fields, its [`MethodSpec::WRITTEN_DEFAULTS`] and `init_weights_seed` (sinew's initialisation
+/// is a function of the training seed, so it writes AdapterHub's "none").
+pub(crate) fn adapterhub_json<C: MethodSpec>(config: &C) -> Value {
+    let mut json = config.to_json();
+    if let Value::Object(map) = &mut json {
+        for (key, value) in C::WRITTEN_DEFAULTS {
+            map.entry(*key)
+                .or_insert_with(|| serde_json::from_str(value).expect("a JSON default"));
+        }
+        map.entry("init_weights_seed").or_insert(Value::Null);
+    }
+    json
+}
+
 /// Parses and checks the `config` object of a method's `adapter_config.json` (at `path`);
 /// unknown fields are warned about, not fatal.
 pub(crate) fn parse_config<C: MethodSpec>(
@@ -153,7 +171,7 @@ macro_rules! register_methods {
             /// The `config` object of `adapter_config.json`, as AdapterHub writes it.
             pub fn to_json(&self) -> serde_json::Value {
                 match self {
-                    $(Self::$variant(c) => $crate::method::MethodSpec::to_json(c),)+
+                    $(Self::$variant(c) => $crate::method::adapterhub_json(c),)+
                 }
             }
 

@@ -48,6 +48,32 @@ where
     })
 }
 
+/// Removes the temporary files [`write_atomic_with`] left in `dir` and its subfolders when
+/// another process writing there was killed before it could rename them (a `SIGKILL` leaves them
+/// behind); returns how many. Call it only on a folder this process alone writes to.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let own = format!("{}-", std::process::id());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            removed += remove_stale_temporaries(&path);
+        } else if name.starts_with('.')
+            && name
+                .rsplit_once(".tmp-")
+                .is_some_and(|(_, tail)| !tail.starts_with(&own))
+            && fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Hex SHA-256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = fs::File::open(path).map_err(|e| BackboneError::io(path, e))?;
@@ -72,6 +98,28 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temporaries_of_other_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let ours = format!(".a.tmp-{}-0", std::process::id());
+        let names = [
+            ".checkpoint.zip.tmp-1-3",
+            "sub/.adapter.safetensors.tmp-99999999-0",
+            ours.as_str(),
+            "kept.tmp-1-0",
+            ".hidden",
+            "results.json",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temporaries(dir.path()), 2);
+        for (name, kept) in names.iter().zip([false, false, true, true, true, true]) {
+            assert_eq!(dir.path().join(name).exists(), kept, "{name}");
+        }
+    }
 
     #[test]
     fn sha256_of_known_text() {

@@ -177,6 +177,18 @@ impl<B: FusedOps> AdapterModel<B> {
         Ok(folder.name)
     }
 
+    /// Loads a head saved alone (AdapterHub's `save_head`: `head_config.json` and its weights)
+    /// under the name it was saved with — the adapter or fusion it predicts for; returns it.
+    pub fn load_head(&mut self, dir: &Path, device: &B::Device) -> Result<String> {
+        let path = dir.join("head_config.json");
+        let config = read_head_config(dir, Some(&self.config))?
+            .ok_or_else(|| AdapterError::file(&path, "not found"))?;
+        let (_, name) = config_object(&path, Some(&self.config))?;
+        let head = load_head(dir, &self.config, &name, &config, device)?;
+        self.insert_head(&name, config, head)?;
+        Ok(name)
+    }
+
     /// Saves adapter `name` (and its head, with `with_head`) in AdapterHub's layout.
     pub fn save_adapter(&self, dir: &Path, name: &str, with_head: bool) -> Result<()> {
         let index = self.adapter_index(name)?;
@@ -1084,6 +1096,21 @@ impl<B: FusedOps> AdapterModel<B> {
             }
             _ => std::iter::once(0..encoded.last_hidden_state.dims()[0]).collect(),
         };
+        // A setup without heads gives hidden states only; one with heads for some of its
+        // branches but not all would give logits for only part of the batch.
+        if let Some(missing) = names
+            .iter()
+            .find(|n| Self::index_of(&self.head_names, n).is_none())
+            .filter(|_| {
+                names
+                    .iter()
+                    .any(|n| Self::index_of(&self.head_names, n).is_some())
+            })
+        {
+            return Err(AdapterError::Input(format!(
+                "setup `{setup}` has heads, but none named `{missing}` for its rows"
+            )));
+        }
         let mut out = Vec::new();
         for (name, rows) in names.into_iter().zip(rows) {
             let Some(i) = Self::index_of(&self.head_names, &name) else {

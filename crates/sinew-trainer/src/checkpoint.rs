@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use burn::module::{ModuleMapper, Param, ParamId};
 use burn::optim::Optimizer;
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -187,6 +188,24 @@ impl Checkpoint {
 pub fn parts_to_bytes<B: FusedOps>(model: &AdapterModel<B>) -> Result<Vec<u8>, String> {
     Bytes::default()
         .record(model.trained_parts().into_record(), ())
+        .map_err(|e| e.to_string())
+}
+
+/// [`parts_to_bytes`] with the parameters numbered in order instead of Burn's ids (drawn from
+/// the OS): the bytes of a run's `parts.bin` are then a function of the weights alone, and two
+/// runs with the same seed write the same file. [`restore_from_bytes`] reads it as any other.
+pub fn parts_to_stable_bytes<B: FusedOps>(model: &AdapterModel<B>) -> Result<Vec<u8>, String> {
+    struct Renumber(u64);
+    impl<B: Backend> ModuleMapper<B> for Renumber {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (_, tensor, mapper) = param.consume();
+            self.0 += 1;
+            Param::from_mapped_value(ParamId::from(self.0), tensor, mapper)
+        }
+    }
+    let parts = model.trained_parts().map(&mut Renumber(0));
+    Bytes::default()
+        .record(parts.into_record(), ())
         .map_err(|e| e.to_string())
 }
 
