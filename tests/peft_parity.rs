@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{fixture_path, flat3, max_abs_diff, model_dir};
 use serde::Deserialize;
 use sinew::backbone::Pretrained;
@@ -16,6 +18,216 @@ struct Outputs {
     texts: Vec<String>,
     input_ids: Vec<Vec<u32>>,
     last_hidden_state: Vec<Vec<Vec<f32>>>,
+}
+
+/// Loads PEFT folder `adapter` into MiniLM, compares the hidden states with PEFT's (`outputs`),
+/// saves it back and compares `adapter_model.safetensors` key for key, byte for byte; returns
+/// both `adapter_config.json`s (PEFT's, sinew's).
+fn load_run_save(adapter: &Path, outputs: &Path) -> (serde_json::Value, serde_json::Value) {
+    let device = Default::default();
+    let outputs: Outputs =
+        serde_json::from_str(&std::fs::read_to_string(outputs).unwrap()).unwrap();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let tokens = pretrained.tokenizer.encode(&outputs.texts).unwrap();
+    assert_eq!(tokens.input_ids, outputs.input_ids);
+    let input = tokens.to_input::<B>(&device);
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    let name = model.load_adapter(adapter, &device).unwrap();
+    assert_eq!(
+        name,
+        adapter.file_name().unwrap().to_str().unwrap(),
+        "a PEFT adapter is named after its folder"
+    );
+    model.set_active(Some(&name)).unwrap();
+    let hidden = model.forward(&input).unwrap().encoded.last_hidden_state;
+    let diff = max_abs_diff(
+        &hidden.into_data().to_vec::<f32>().unwrap(),
+        &flat3(&outputs.last_hidden_state),
+    );
+    eprintln!("peft {name}: last_hidden_state max |diff| {diff:.2e}");
+    assert!(diff <= 1e-4, "{name}: hidden states differ by {diff}");
+
+    let out = tempfile::tempdir().unwrap();
+    model.save_peft(out.path(), &name).unwrap();
+    let read = |p: &Path| std::fs::read(p.join("adapter_model.safetensors")).unwrap();
+    let (theirs, ours) = (read(adapter), read(out.path()));
+    let (theirs, ours) = (
+        safetensors::SafeTensors::deserialize(&theirs).unwrap(),
+        safetensors::SafeTensors::deserialize(&ours).unwrap(),
+    );
+    let (mut a, mut b) = (theirs.names(), ours.names());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{name}: keys");
+    for key in a {
+        let (x, y) = (theirs.tensor(key).unwrap(), ours.tensor(key).unwrap());
+        assert_eq!(
+            (x.dtype(), x.shape(), x.data()),
+            (y.dtype(), y.shape(), y.data()),
+            "{name}: {key}"
+        );
+    }
+    let config = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("adapter_config.json")).unwrap())
+            .unwrap()
+    };
+    (config(adapter), config(out.path()))
+}
+
+/// One form of PEFT's target rules (tests/fixtures/peft/forms/<form>/, made by PEFT): its
+/// `adapter_config.json` is written back as PEFT wrote it.
+fn form(form: &str) {
+    let dir = fixture_path("peft").join("forms");
+    let (theirs, ours) = load_run_save(&dir.join(form), &dir.join(format!("{form}.json")));
+    assert_eq!(theirs, ours, "{form}: adapter_config.json");
+}
+
+/// `target_modules` ["query", "dense", "value"]: by PEFT's suffix rule "dense" is the attention
+/// output, intermediate and output projections (`pooler.dense` excluded by `exclude_modules`).
+#[test]
+fn peft_target_list_matches_by_suffix() {
+    form("suffix_list");
+}
+
+/// `target_modules` as a regex, fully matched against the module name.
+#[test]
+fn peft_target_regex() {
+    form("regex");
+}
+
+/// `target_modules` "all-linear" (resolved by PEFT to every linear of the encoder, with the
+/// pooler taken out by a regex `exclude_modules`).
+#[test]
+fn peft_all_linear_with_exclude_regex() {
+    form("all_linear");
+}
+
+/// `layers_to_transform` [1, 4] with `layers_pattern` "layer" (and "output.dense", which also
+/// names the attention output).
+#[test]
+fn peft_layers_to_transform() {
+    form("layers");
+}
+
+/// Per-module rank and alpha from `rank_pattern` / `alpha_pattern`.
+#[test]
+fn peft_rank_and_alpha_patterns() {
+    form("patterns");
+}
+
+/// rsLoRA: the update is scaled by alpha/√r.
+#[test]
+fn peft_rslora() {
+    form("rslora");
+}
+
+/// A placement AdapterHub's switches cannot express (per-module rank and alpha, the attention
+/// output, rsLoRA) survives sinew's AdapterHub layout (as `peft_sites`) and comes back as a PEFT
+/// folder that names each module, with the same tensors and outputs.
+#[test]
+fn peft_placement_round_trips_through_adapterhub_layout() {
+    let dir = fixture_path("peft").join("forms");
+    let device = Default::default();
+    let hub = tempfile::tempdir().unwrap();
+    let peft = tempfile::tempdir().unwrap();
+    for form in ["patterns", "suffix_list", "rslora"] {
+        let fresh = || {
+            let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+            AdapterModel::new(pretrained.model, pretrained.config)
+        };
+        let mut model = fresh();
+        let name = model.load_adapter(&dir.join(form), &device).unwrap();
+        let hub_dir = hub.path().join(form);
+        model.save_adapter(&hub_dir, &name, false).unwrap();
+        let config = std::fs::read_to_string(hub_dir.join("adapter_config.json")).unwrap();
+        assert!(config.contains("peft_sites"), "{form}: {config}");
+        let mut again = fresh();
+        let name = again.load_adapter(&hub_dir, &device).unwrap();
+        let peft_dir = peft.path().join(form);
+        again.save_peft(&peft_dir, &name).unwrap();
+        // The generated config names every module: read back, it gives PEFT's outputs, and
+        // saved again, PEFT's tensors.
+        let (_, ours) = load_run_save(&peft_dir, &dir.join(format!("{form}.json")));
+        assert!(ours["target_modules"].is_array(), "{form}");
+        let read = |p: &Path| std::fs::read(p.join("adapter_model.safetensors")).unwrap();
+        let (theirs, ours) = (read(&dir.join(form)), read(&peft_dir));
+        let (theirs, ours) = (
+            safetensors::SafeTensors::deserialize(&theirs).unwrap(),
+            safetensors::SafeTensors::deserialize(&ours).unwrap(),
+        );
+        let (mut a, mut b) = (theirs.names(), ours.names());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{form}: keys");
+        for key in a {
+            let (x, y) = (theirs.tensor(key).unwrap(), ours.tensor(key).unwrap());
+            assert_eq!(
+                (x.shape(), x.data()),
+                (y.shape(), y.data()),
+                "{form}: {key}"
+            );
+        }
+    }
+}
+
+/// A DoRA folder made by PEFT is refused with one line naming the key.
+#[test]
+fn peft_dora_is_refused_by_name() {
+    let device = Default::default();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    let dir = fixture_path("peft").join("forms").join("dora");
+    let err = model.load_adapter(&dir, &device).unwrap_err().to_string();
+    assert!(err.contains("`use_dora`") && !err.contains('\n'), "{err}");
+}
+
+/// Unsupported keys and unadaptable modules give one line naming the key (and the module).
+#[test]
+fn peft_unsupported_keys_are_named() {
+    let device = Default::default();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    let source = fixture_path("peft").join("forms").join("suffix_list");
+    let raw: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(source.join("adapter_config.json")).unwrap())
+            .unwrap();
+    for (key, value, expect) in [
+        (
+            "fan_in_fan_out",
+            serde_json::json!(true),
+            "`fan_in_fan_out`",
+        ),
+        ("use_dora", serde_json::json!(true), "`use_dora`"),
+        ("bias", serde_json::json!("lora_only"), "`bias`"),
+        ("bias", serde_json::json!("all"), "`bias`"),
+        (
+            "modules_to_save",
+            serde_json::json!(["classifier"]),
+            "`modules_to_save`",
+        ),
+        ("exclude_modules", serde_json::Value::Null, "`pooler.dense`"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("x");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::copy(
+            source.join("adapter_model.safetensors"),
+            folder.join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let mut json = raw.clone();
+        json.insert(key.into(), value);
+        std::fs::write(
+            folder.join("adapter_config.json"),
+            serde_json::to_string(&json).unwrap(),
+        )
+        .unwrap();
+        let err = model
+            .load_adapter(&folder, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expect) && !err.contains('\n'), "{key}: {err}");
+    }
 }
 
 #[test]

@@ -5,6 +5,12 @@ A LoRA on query/key/value/intermediate.dense with seeded random non-zero weights
 zero, which would make the test trivial), saved with PEFT's own `save_pretrained` into
 tests/fixtures/peft/lora/, and the hidden states of a small batch in tests/fixtures/peft/outputs.json.
 
+Then one folder per form of PEFT's target rules under tests/fixtures/peft/forms/<form>/ (r 2-4), each
+with its hidden states in tests/fixtures/peft/forms/<form>.json: a target list matched by suffix
+("dense" = attention output, intermediate and output), a regex, "all-linear" with a regex
+exclude_modules, layers_to_transform with layers_pattern, rank_pattern/alpha_pattern, use_rslora;
+and a DoRA folder that sinew must refuse.
+
     tools/reference/.venv/bin/python tools/reference/make_peft_fixtures.py [MODEL_DIR]
 """
 import json
@@ -20,6 +26,51 @@ from transformers import AutoModel, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "peft"
 TEXTS = ["LoRA adds a low-rank update to frozen weights.", "Short one.", "PEFT saves only what was trained."]
+
+
+FORMS = {
+    "suffix_list": dict(r=2, lora_alpha=4, target_modules=["query", "dense", "value"], exclude_modules=["pooler.dense"]),
+    "regex": dict(r=2, lora_alpha=6, target_modules=r"encoder\.layer\.[0-2]\.attention\.self\.(query|key)"),
+    "all_linear": dict(r=2, lora_alpha=2, target_modules="all-linear", exclude_modules=r".*pooler.*"),
+    "layers": dict(r=2, lora_alpha=4, target_modules=["query", "value", "output.dense"], layers_to_transform=[1, 4],
+                   layers_pattern="layer"),
+    "patterns": dict(r=2, lora_alpha=4, target_modules=["query", "value", "intermediate.dense"],
+                     rank_pattern={"value": 4, "layer.2.attention.self.query": 3}, alpha_pattern={"intermediate.dense": 8}),
+    "rslora": dict(r=4, lora_alpha=8, target_modules=["key", "output.dense"], use_rslora=True),
+    "dora": dict(r=2, lora_alpha=4, target_modules=["query"], use_dora=True),
+}
+
+
+def randomize(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+
+
+def hidden_json(tok, model):
+    model.eval()
+    enc = tok(TEXTS, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc).last_hidden_state
+    return {"texts": TEXTS, "input_ids": enc["input_ids"].tolist(),
+            "last_hidden_state": [[[round(v, 7) for v in row] for row in seq] for seq in hidden.tolist()]}
+
+
+def forms(model_dir, tok):
+    out = OUT / "forms"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for seed, (form, kwargs) in enumerate(FORMS.items()):
+        model = AutoModel.from_pretrained(model_dir, attn_implementation="eager")
+        model = get_peft_model(model, LoraConfig(lora_dropout=0.0, **kwargs))
+        print(form, len(model.targeted_module_names), "modules")
+        randomize(model, 100 + seed)
+        (out / f"{form}.json").write_text(json.dumps(hidden_json(tok, model), separators=(",", ":")))
+        model.save_pretrained(out / form)
+        (out / form / "README.md").unlink(missing_ok=True)
 
 
 def main():
@@ -39,14 +90,15 @@ def main():
     enc = tok(TEXTS, padding="longest", return_tensors="pt")
     with torch.no_grad():
         hidden = model(**enc).last_hidden_state
-    if OUT.exists():
-        shutil.rmtree(OUT)
+    for stale in (OUT / "lora", OUT / "outputs.json"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
     model.save_pretrained(OUT / "lora")
     (OUT / "lora" / "README.md").unlink(missing_ok=True)
     out = {"texts": TEXTS, "input_ids": enc["input_ids"].tolist(),
            "last_hidden_state": [[[round(v, 7) for v in row] for row in seq] for seq in hidden.tolist()]}
     (OUT / "outputs.json").write_text(json.dumps(out, separators=(",", ":")))
     print("wrote", OUT, sorted(p.name for p in (OUT / "lora").iterdir()))
+    forms(model_dir, tok)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,11 @@ impl BnConfig {
         if factor <= 0.0 {
             return Err(format!("reduction_factor {factor} must be positive"));
         }
+        // AdapterHub allows factors below 1 (a wider bottleneck); past 64× the hidden size it is
+        // a broken config, not an adapter (and would overflow the weights' shapes).
+        if factor < 1.0 / 64.0 {
+            return Err(format!("reduction_factor {factor} is below 1/64"));
+        }
         Ok(((hidden as f64 / factor).floor() as usize).max(1))
     }
 }
@@ -292,6 +297,7 @@ impl MethodSpec for BnConfig {
     }
 
     fn validate(&self, model: Option<&BertConfig>) -> Result<(), String> {
+        crate::method::probability("dropout", self.dropout)?;
         if let Some(model) = model {
             for layer in (0..model.num_hidden_layers).filter(|l| !self.leave_out.contains(l)) {
                 self.width(model.hidden_size, layer)?;

@@ -81,9 +81,12 @@ pub fn read_head_config(dir: &Path, model: Option<&BertConfig>) -> Result<Option
         return Ok(None);
     }
     let (raw, _) = config_object(&path, model)?;
-    serde_json::from_value(Value::Object(raw))
-        .map(Some)
-        .map_err(|e| AdapterError::file(&path, format!("config: {e}")))
+    let config: HeadConfig = serde_json::from_value(Value::Object(raw))
+        .map_err(|e| AdapterError::file(&path, format!("config: {e}")))?;
+    if let Some(p) = config.dropout_prob {
+        crate::method::probability("dropout_prob", p).map_err(|e| AdapterError::file(&path, e))?;
+    }
+    Ok(Some(config))
 }
 
 /// Head `name` with `config` read from `dir`'s `model_head` weights; every tensor must be used.
@@ -95,7 +98,14 @@ pub fn load_head<B: FusedOps>(
     device: &B::Device,
 ) -> Result<ClassificationHead<B>> {
     let mut file = TensorFile::read(&weights_path(dir, "model_head"))?;
-    let head = ClassificationHead::load(config, model, name, &mut file, device)?;
+    // A config the head cannot be built from is the config file's fault: name it.
+    let head =
+        ClassificationHead::load(config, model, name, &mut file, device).map_err(|e| match e {
+            AdapterError::Input(message) => {
+                AdapterError::file(&dir.join("head_config.json"), message)
+            }
+            e => e,
+        })?;
     reject_leftovers(&file)?;
     Ok(head)
 }

@@ -207,6 +207,7 @@ impl<B: FusedOps> ClassificationHead<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         let dropout = config.dropout_prob.unwrap_or(model.hidden_dropout_prob);
+        crate::method::probability("dropout_prob", dropout).map_err(AdapterError::Input)?;
         Ok(Self {
             layers,
             dropout: DropoutConfig::new(dropout).init(),

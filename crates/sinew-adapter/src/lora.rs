@@ -96,6 +96,113 @@ pub struct LoraConfig {
     /// Layers without updates.
     #[serde(default)]
     pub leave_out: Vec<usize>,
+    /// A PEFT folder's placement. Where the switches above cannot express it (per-module rank
+    /// and alpha, rsLoRA, the attention output, per-layer module sets), sinew writes it into
+    /// AdapterHub-layout configs as `peft_sites` (a sinew extension) and reads it back.
+    #[serde(
+        rename = "peft_sites",
+        default,
+        skip_serializing_if = "PeftPlacement::switches_suffice",
+        serialize_with = "write_peft_sites",
+        deserialize_with = "read_peft_sites"
+    )]
+    pub peft: Option<PeftPlacement>,
+}
+
+/// Where a PEFT folder's LoRA acts, and the folder's `adapter_config.json` (written back as it was).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PeftPlacement {
+    /// Every adapted projection, when [`LoraConfig`]'s switches cannot express them; empty when
+    /// they can.
+    pub sites: Vec<PeftSite>,
+    /// PEFT's `adapter_config.json`.
+    pub raw: serde_json::Map<String, serde_json::Value>,
+}
+
+impl PeftPlacement {
+    fn switches_suffice(this: &Option<Self>) -> bool {
+        this.as_ref().is_none_or(|p| p.sites.is_empty())
+    }
+}
+
+/// One adapted projection of a PEFT placement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeftSite {
+    /// Layer index.
+    pub layer: usize,
+    /// Which projection.
+    pub site: Projection,
+    /// Rank (`rank_pattern` or `r`).
+    pub r: usize,
+    /// Factor on the update: `alpha / r`, or `alpha / √r` with `use_rslora`.
+    pub scaling: f64,
+}
+
+/// Module paths inside a layer, as in the checkpoint.
+pub(crate) fn site_path(site: Projection) -> &'static str {
+    match site {
+        Projection::Query => "attention.self.query",
+        Projection::Key => "attention.self.key",
+        Projection::Value => "attention.self.value",
+        Projection::AttentionOutput => "attention.output.dense",
+        Projection::Intermediate => "intermediate.dense",
+        Projection::Output => "output.dense",
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SiteJson {
+    layer: usize,
+    module: String,
+    r: usize,
+    scaling: f64,
+}
+
+fn write_peft_sites<S: serde::Serializer>(
+    placement: &Option<PeftPlacement>,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    let sites: Vec<SiteJson> = placement
+        .iter()
+        .flat_map(|p| &p.sites)
+        .map(|s| SiteJson {
+            layer: s.layer,
+            module: site_path(s.site).into(),
+            r: s.r,
+            scaling: s.scaling,
+        })
+        .collect();
+    sites.serialize(serializer)
+}
+
+fn read_peft_sites<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<PeftPlacement>, D::Error> {
+    let sites = Option::<Vec<SiteJson>>::deserialize(deserializer)?.unwrap_or_default();
+    let sites = sites
+        .into_iter()
+        .map(|s| {
+            SITES
+                .into_iter()
+                .find(|&p| site_path(p) == s.module)
+                .map(|site| PeftSite {
+                    layer: s.layer,
+                    site,
+                    r: s.r,
+                    scaling: s.scaling,
+                })
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "`peft_sites`: unknown module \"{}\"",
+                        s.module
+                    ))
+                })
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((!sites.is_empty()).then(|| PeftPlacement {
+        sites,
+        raw: serde_json::Map::new(),
+    }))
 }
 
 impl LoraConfig {
@@ -113,6 +220,7 @@ impl LoraConfig {
             intermediate_lora: false,
             output_lora: false,
             leave_out: vec![],
+            peft: None,
         }
     }
 
@@ -131,6 +239,9 @@ impl LoraConfig {
 
     /// Whether projection `site` of `layer` gets an update.
     pub fn placed_at(&self, layer: usize, site: Projection) -> bool {
+        if let Some(sites) = self.peft_sites() {
+            return self.peft_site(layer, site, sites).is_some();
+        }
         if self.leave_out.contains(&layer) {
             return false;
         }
@@ -142,6 +253,34 @@ impl LoraConfig {
             Projection::Intermediate => self.intermediate_lora,
             Projection::Output => self.output_lora,
             Projection::AttentionOutput => false,
+        }
+    }
+
+    /// The per-site placement, when the switches do not suffice.
+    pub fn peft_sites(&self) -> Option<&[PeftSite]> {
+        self.peft
+            .as_ref()
+            .map(|p| p.sites.as_slice())
+            .filter(|s| !s.is_empty())
+    }
+
+    fn peft_site<'a>(
+        &self,
+        layer: usize,
+        site: Projection,
+        sites: &'a [PeftSite],
+    ) -> Option<&'a PeftSite> {
+        sites.iter().find(|s| s.layer == layer && s.site == site)
+    }
+
+    /// Rank and fixed factor of the update at `site` of `layer`.
+    pub fn rank_and_scaling(&self, layer: usize, site: Projection) -> (usize, f64) {
+        match self
+            .peft_sites()
+            .and_then(|sites| self.peft_site(layer, site, sites))
+        {
+            Some(s) => (s.r, s.scaling),
+            None => (self.r, self.scaling()),
         }
     }
 
@@ -185,8 +324,24 @@ impl MethodSpec for LoraConfig {
 
     /// Checks the combination of settings.
     fn validate(&self, _model: Option<&BertConfig>) -> std::result::Result<(), String> {
+        crate::method::probability("dropout", self.dropout)?;
         if self.r == 0 {
             return Err("`r` must be at least 1".into());
+        }
+        if let Some(model) = _model {
+            let widest = model.hidden_size.max(model.intermediate_size);
+            if self.r > widest {
+                return Err(format!(
+                    "`r` = {} is larger than the model's widest projection ({widest})",
+                    self.r
+                ));
+            }
+        }
+        if self
+            .peft_sites()
+            .is_some_and(|s| s.iter().any(|s| s.r == 0))
+        {
+            return Err("`peft_sites` ranks must be at least 1".into());
         }
         if self.composition_mode == CompositionMode::Scale && self.r != 1 {
             return Err("composition_mode \"scale\" needs `r` = 1".into());
@@ -221,8 +376,13 @@ pub struct LoraSite<B: Backend> {
 }
 
 impl<B: FusedOps> LoraSite<B> {
-    fn new(config: &LoraConfig, d_in: usize, d_out: usize, device: &B::Device) -> Self {
-        let r = config.r;
+    fn new(
+        config: &LoraConfig,
+        (r, scaling): (usize, f64),
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> Self {
         let normal = |shape: [usize; 2]| {
             Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 0.02), device)
         };
@@ -250,20 +410,21 @@ impl<B: FusedOps> LoraSite<B> {
             gate,
             dropout: DropoutConfig::new(config.dropout).init(),
             mode: config.composition_mode,
-            scaling: config.scaling(),
+            scaling,
         }
     }
 
     fn load(
         config: &LoraConfig,
+        rank: (usize, f64),
         file: &mut TensorFile,
         prefix: &str,
         d_in: usize,
         d_out: usize,
         device: &B::Device,
     ) -> Result<Self> {
-        let mut site = Self::new(config, d_in, d_out, device);
-        let r = config.r;
+        let mut site = Self::new(config, rank, d_in, d_out, device);
+        let r = rank.0;
         let matrix = |raw: crate::tensors::RawTensor, rows: usize, cols: usize| {
             Tensor::<B, 2>::from_data(TensorData::new(raw.values, [rows, cols]), device).transpose()
         };
@@ -341,10 +502,11 @@ pub struct SavedProjection {
     bias: Option<TensorData>,
 }
 
-const SITES: [Projection; 5] = [
+const SITES: [Projection; 6] = [
     Projection::Query,
     Projection::Key,
     Projection::Value,
+    Projection::AttentionOutput,
     Projection::Intermediate,
     Projection::Output,
 ];
@@ -358,6 +520,8 @@ pub struct LoraAdapter<B: Backend> {
     pub key: Vec<Option<LoraSite<B>>>,
     /// `…attention.self.value.loras.NAME`, per layer.
     pub value: Vec<Option<LoraSite<B>>>,
+    /// `…attention.output.dense.loras.NAME`, per layer (PEFT folders only).
+    pub attention_output: Vec<Option<LoraSite<B>>>,
     /// `…intermediate.dense.loras.NAME`, per layer.
     pub intermediate: Vec<Option<LoraSite<B>>>,
     /// `…output.dense.loras.NAME`, per layer.
@@ -382,8 +546,9 @@ impl<B: FusedOps> Method<B> for LoraAdapter<B> {
 
     fn new(config: &LoraConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
         config.validate(Some(model)).map_err(AdapterError::Input)?;
-        Self::build(config, model, |_, _, d_in, d_out| {
-            Ok(LoraSite::new(config, d_in, d_out, device))
+        Self::build(config, model, |site, layer, d_in, d_out| {
+            let rank = config.rank_and_scaling(layer, site);
+            Ok(LoraSite::new(config, rank, d_in, d_out, device))
         })
     }
 
@@ -398,7 +563,8 @@ impl<B: FusedOps> Method<B> for LoraAdapter<B> {
         Self::build(config, model, |site, layer, d_in, d_out| {
             let (path, _, _) = site_shape(model, site);
             let prefix = format!("{root}.encoder.layer.{layer}.{path}.loras.{name}");
-            LoraSite::load(config, file, &prefix, d_in, d_out, device)
+            let rank = config.rank_and_scaling(layer, site);
+            LoraSite::load(config, rank, file, &prefix, d_in, d_out, device)
         })
     }
 
@@ -457,6 +623,7 @@ impl<B: FusedOps> LoraAdapter<B> {
             query: per_site(Projection::Query)?,
             key: per_site(Projection::Key)?,
             value: per_site(Projection::Value)?,
+            attention_output: per_site(Projection::AttentionOutput)?,
             intermediate: per_site(Projection::Intermediate)?,
             output: per_site(Projection::Output)?,
         })
@@ -469,7 +636,7 @@ impl<B: FusedOps> LoraAdapter<B> {
             Projection::Value => &self.value,
             Projection::Intermediate => &self.intermediate,
             Projection::Output => &self.output,
-            Projection::AttentionOutput => return None,
+            Projection::AttentionOutput => &self.attention_output,
         })
     }
 

@@ -101,6 +101,15 @@ pub(crate) fn first_site_layer(sites: impl IntoIterator<Item = (usize, Option<bo
     first
 }
 
+/// `p` is a probability (burn-nn's `Dropout` panics on anything else); the error names `key`.
+pub fn probability(key: &str, p: f64) -> std::result::Result<(), String> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(format!("`{key}` = {p} must be a probability in [0, 1]"))
+    }
+}
+
 /// The `config` object of `adapter_config.json` with every key AdapterHub writes: the method's
 /// own fields, its [`MethodSpec::WRITTEN_DEFAULTS`] and `init_weights_seed` (sinew's initialisation
 /// is a function of the training seed, so it writes AdapterHub's "none").

@@ -82,6 +82,7 @@ impl MethodSpec for PrefixTuningConfig {
     const ARCHITECTURE: &'static str = "prefix_tuning";
 
     fn validate(&self, model: Option<&BertConfig>) -> std::result::Result<(), String> {
+        crate::method::probability("dropout", self.dropout)?;
         if self.prefix_length == 0 {
             return Err("`prefix_length` must be at least 1".into());
         }
@@ -89,6 +90,13 @@ impl MethodSpec for PrefixTuningConfig {
             return Err("`bottleneck_size` must be at least 1".into());
         }
         if let Some(model) = model {
+            let limit = 64 * model.hidden_size;
+            if self.prefix_length > limit || self.bottleneck_size > limit {
+                return Err(format!(
+                    "`prefix_length` {} or `bottleneck_size` {} is past 64 × hidden_size",
+                    self.prefix_length, self.bottleneck_size
+                ));
+            }
             if model.hidden_size % model.num_attention_heads != 0 {
                 return Err("hidden_size is not a multiple of num_attention_heads".into());
             }

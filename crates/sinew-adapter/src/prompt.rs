@@ -80,9 +80,15 @@ impl MethodSpec for PromptTuningConfig {
     const ARCHITECTURE: &'static str = "prompt_tuning";
     const ACCEPTED: &'static [&'static str] = &["random_uniform_scale"];
 
-    fn validate(&self, _model: Option<&BertConfig>) -> std::result::Result<(), String> {
+    fn validate(&self, model: Option<&BertConfig>) -> std::result::Result<(), String> {
         if self.prompt_length == 0 {
             return Err("`prompt_length` must be at least 1".into());
+        }
+        if let Some(model) = model.filter(|m| self.prompt_length >= m.max_position_embeddings) {
+            return Err(format!(
+                "`prompt_length` {} leaves no position for text (the model has {})",
+                self.prompt_length, model.max_position_embeddings
+            ));
         }
         Ok(())
     }

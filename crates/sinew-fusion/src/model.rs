@@ -552,6 +552,10 @@ impl<B: FusedOps> AdapterModel<B> {
         let (raw, name) = config_object(&path, Some(&self.config))?;
         let config: FusionConfig = serde_json::from_value(Value::Object(raw))
             .map_err(|e| AdapterError::file(&path, format!("config: {e}")))?;
+        if let Some(p) = config.dropout_prob {
+            sinew_adapter::method::probability("dropout_prob", p)
+                .map_err(|e| AdapterError::file(&path, e))?;
+        }
         if let Some(missing) = adapters.iter().find(|a| self.adapter_index(a).is_err()) {
             return Err(AdapterError::file(
                 &path,

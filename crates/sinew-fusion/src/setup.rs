@@ -236,7 +236,9 @@ enum Arg {
 
 impl<'a> Parser<'a> {
     fn error(&self, what: &str) -> String {
-        format!("setup `{}`: {what} at column {}", self.text, self.pos + 1)
+        // Escaped: the text may hold line breaks, and an error is one line.
+        let text = self.text.escape_debug();
+        format!("setup `{text}`: {what} at column {}", self.pos + 1)
     }
 
     fn skip_space(&mut self) {
@@ -288,7 +290,7 @@ impl<'a> Parser<'a> {
         {
             return Err(format!(
                 "setup `{}`: unknown block `{block}` (Stack, Fuse, Parallel, BatchSplit, Split, Average)",
-                self.text
+                self.text.escape_debug()
             ));
         }
         let mut children = Vec::new();
@@ -304,7 +306,7 @@ impl<'a> Parser<'a> {
                 Arg::Flag(key, _) => {
                     return Err(format!(
                         "setup `{}`: {block} has no flag `{key}`",
-                        self.text
+                        self.text.escape_debug()
                     ))
                 }
             }
@@ -363,7 +365,7 @@ impl<'a> Parser<'a> {
         if let Some((key, _)) = numbers.first() {
             return Err(format!(
                 "setup `{}`: {block} has no argument `{key}`",
-                self.text
+                self.text.escape_debug()
             ));
         }
         Ok(setup)
@@ -383,7 +385,10 @@ impl<'a> Parser<'a> {
                 loop {
                     let number = self.word()?;
                     let value = number.parse::<f64>().map_err(|_| {
-                        format!("setup `{}`: `{number}` is not a number", self.text)
+                        format!(
+                            "setup `{}`: `{number}` is not a number",
+                            self.text.escape_debug()
+                        )
                     })?;
                     values.push(value);
                     if self.eat(']') {
@@ -401,7 +406,7 @@ impl<'a> Parser<'a> {
             "false" | "False" => Ok(Arg::Flag(word, false)),
             other => Err(format!(
                 "setup `{}`: `{word}={other}`: expected a list `[…]` or true/false",
-                self.text
+                self.text.escape_debug()
             )),
         }
     }

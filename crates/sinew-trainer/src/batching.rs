@@ -7,6 +7,7 @@ use std::path::Path;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sinew_backbone::{TextTokenizer, TokenBatch};
 
 use crate::tasks::{DataError, Example};
@@ -71,18 +72,29 @@ pub fn tokenize_cached(
     #[derive(Serialize, Deserialize)]
     struct Cached {
         key: String,
+        /// SHA-256 of the tokens' JSON: a damaged file that still parses is not trusted.
+        sha256: String,
         tokens: Vec<Tokens>,
     }
+    let digest = |tokens: &[Tokens]| {
+        let json = serde_json::to_vec(tokens).expect("serialisable");
+        format!("{:x}", Sha256::digest(&json))
+    };
     if let Ok(text) = std::fs::read(cache) {
         if let Ok(cached) = serde_json::from_slice::<Cached>(&text) {
-            if cached.key == key && cached.tokens.len() == examples.len() {
+            if cached.key == key
+                && cached.tokens.len() == examples.len()
+                && cached.sha256 == digest(&cached.tokens)
+            {
                 return Ok(cached.tokens);
             }
         }
     }
+    let tokens = tokenize(tokenizer, examples, labels)?;
     let cached = Cached {
         key: key.to_string(),
-        tokens: tokenize(tokenizer, examples, labels)?,
+        sha256: digest(&tokens),
+        tokens,
     };
     let json = serde_json::to_vec(&cached).expect("serialisable");
     sinew_backbone::files::write_atomic(cache, &json).map_err(|e| DataError::File {

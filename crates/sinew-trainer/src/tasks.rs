@@ -74,7 +74,7 @@ pub enum Package {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file or row that cannot be read as its format says.
-    #[error("{path}: {message}")]
+    #[error("{path}: {}", one_line(message))]
     File {
         /// The file (`archive!member` inside a package, `file:line` for a row).
         path: String,
@@ -89,6 +89,12 @@ pub enum DataError {
         /// Why.
         message: String,
     },
+}
+
+/// `text` with its line breaks escaped: a message may quote a file's content, and an error is one
+/// line.
+fn one_line(text: &str) -> String {
+    text.replace('\r', "\\r").replace('\n', "\\n")
 }
 
 fn bad(path: impl Into<String>, message: impl Into<String>) -> DataError {
