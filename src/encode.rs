@@ -24,7 +24,7 @@ pub struct Encoded {
     pub last_hidden_state: Vec<Vec<Vec<f32>>>,
     /// `[batch][hidden]`, mean over real tokens.
     pub mean_pooled: Vec<Vec<f32>>,
-    /// `[batch][labels]`, when the active adapter has a text-level head.
+    /// `[batch][labels]`, when the setup has one head, a text-level one (several: `heads`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logits: Option<Vec<Vec<f32>>>,
     /// `[batch][token][labels]`, when the active adapter has a tagging head.
@@ -133,18 +133,16 @@ pub fn encode_texts<B: FusedOps>(
         if output.heads.len() > 1 {
             let batch = end - start;
             for head in &output.heads {
-                let (rows, per_row) = match &head.logits {
+                let per_row: Vec<serde_json::Value> = match &head.logits {
                     HeadLogits::Text(l) => {
                         let labels = l.dims()[1];
                         let values = l.clone().into_data().to_vec::<f32>()?;
-                        let rows: Vec<serde_json::Value> =
-                            values.chunks(labels).map(|r| r.into()).collect();
-                        (head.examples.len(), rows)
+                        values.chunks(labels).map(|r| r.into()).collect()
                     }
                     HeadLogits::Tokens(l) => {
                         let [_, seq, labels] = l.dims();
                         let values = l.clone().into_data().to_vec::<f32>()?;
-                        let rows: Vec<serde_json::Value> = values
+                        values
                             .chunks(seq * labels)
                             .map(|t| {
                                 t.chunks(labels)
@@ -152,11 +150,9 @@ pub fn encode_texts<B: FusedOps>(
                                     .collect::<Vec<_>>()
                                     .into()
                             })
-                            .collect();
-                        (head.examples.len(), rows)
+                            .collect()
                     }
                 };
-                debug_assert_eq!(rows, per_row.len());
                 let entry = out
                     .heads
                     .get_or_insert_with(Default::default)
@@ -169,14 +165,21 @@ pub fn encode_texts<B: FusedOps>(
                 entry.logits.extend(per_row);
             }
         }
-        if let Some(logits) = output.logits {
+        // With several heads, each head's logits are under `heads` (a Parallel's concatenation
+        // would have more rows than texts).
+        let (logits, token_logits) = if output.heads.len() > 1 {
+            (None, None)
+        } else {
+            (output.logits, output.token_logits)
+        };
+        if let Some(logits) = logits {
             let labels = logits.dims()[1];
             let values = logits.into_data().to_vec::<f32>()?;
             out.logits
                 .get_or_insert_with(Vec::new)
                 .extend(values.chunks(labels).map(<[f32]>::to_vec));
         }
-        if let Some(logits) = output.token_logits {
+        if let Some(logits) = token_logits {
             let [_, seq, labels] = logits.dims();
             let values = logits.into_data().to_vec::<f32>()?;
             out.token_logits.get_or_insert_with(Vec::new).extend(

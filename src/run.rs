@@ -420,18 +420,20 @@ impl BackendJob for TrainJob {
         }
         spec.train.validate()?;
         std::fs::create_dir_all(&self.out).with_context(|| self.out.display().to_string())?;
-        // A run killed mid-write (SIGKILL) leaves its temporary file; the rename never happened,
-        // so the previous checkpoint is whole and the leftover is garbage.
-        let stale = crate::backbone::files::remove_stale_temporaries(&self.out);
-        if stale > 0 {
-            tracing::info!("removed {stale} temporary files of an interrupted run");
-        }
         let checkpoint = Checkpoint::new(&self.out);
         if checkpoint.path().exists() && !self.resume {
             bail!(
                 "{} exists: pass --resume to continue that run, or choose another --out",
                 checkpoint.path().display()
             );
+        }
+        if self.resume {
+            // A run killed mid-write (SIGKILL) leaves its temporary file; the rename never
+            // happened, so the previous checkpoint is whole and the leftover is garbage.
+            let stale = crate::backbone::files::remove_stale_temporaries(&self.out);
+            if stale > 0 {
+                tracing::info!("removed {stale} temporary files of an interrupted run");
+            }
         }
         let model_dir = spec.model_dir()?;
         let cache = TokenCache::new(&model_dir, spec.max_len)?;

@@ -289,3 +289,36 @@ fn peft_lora_folder_loads_and_saves_back() {
     );
     assert_eq!(theirs["lora_alpha"].as_f64(), ours["lora_alpha"].as_f64());
 }
+
+/// A weight-space merge has one rank and one scaling: adapters placed per module (rank_pattern,
+/// rsLoRA) are refused by name rather than merged wrongly; plain PEFT LoRAs still merge.
+#[test]
+fn per_module_placements_are_not_merged() {
+    let device = Default::default();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    let forms = fixture_path("peft").join("forms");
+    let patterns = model
+        .load_adapter(&forms.join("patterns"), &device)
+        .unwrap();
+    let rslora = model.load_adapter(&forms.join("rslora"), &device).unwrap();
+    let err = model
+        .merge_loras(
+            "merged",
+            &[&patterns, &rslora],
+            &sinew::fusion::merge::MergeOptions {
+                method: sinew::fusion::merge::MergeMethod::Linear,
+                weights: vec![0.5, 0.5],
+                density: 1.0,
+                rank: None,
+                seed: 0,
+            },
+            &device,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("placed per module") && !err.contains('\n'),
+        "{err}"
+    );
+}

@@ -241,24 +241,6 @@ impl BnConfig {
 impl MethodSpec for BnConfig {
     const ARCHITECTURE: &'static str = "bottleneck";
     /// Compacter (phm), invertible and cross adapters: accepted at their defaults only.
-    const ACCEPTED: &'static [&'static str] = &[
-        "phm_layer",
-        "phm_dim",
-        "factorized_phm_W",
-        "shared_W_phm",
-        "shared_phm_rule",
-        "factorized_phm_rule",
-        "phm_c_init",
-        "phm_init_range",
-        "learn_phm",
-        "hypercomplex_nonlinearity",
-        "phm_rank",
-        "phm_bias",
-        "inv_adapter",
-        "inv_adapter_reduction_factor",
-        "cross_adapter",
-        "stochastic_depth",
-    ];
     const WRITTEN_DEFAULTS: &'static [(&'static str, &'static str)] = &[
         ("phm_layer", "false"),
         ("phm_dim", "4"),

@@ -296,7 +296,6 @@ impl LoraConfig {
 impl MethodSpec for LoraConfig {
     const ARCHITECTURE: &'static str = "lora";
     /// DoRA and VeRA switches: accepted when off.
-    const ACCEPTED: &'static [&'static str] = &["dtype", "use_dora", "vera_b", "vera_d"];
     const WRITTEN_DEFAULTS: &'static [(&'static str, &'static str)] = &[
         ("dtype", "null"),
         ("use_dora", "false"),

@@ -22,11 +22,14 @@ pub trait MethodSpec:
 {
     /// AdapterHub's `architecture` value.
     const ARCHITECTURE: &'static str;
-    /// AdapterHub keys read besides the config's own fields: accepted at their defaults (see
-    /// [`check_supported`](Self::check_supported)) or ignored, without a warning.
+    /// AdapterHub keys read besides the config's own fields and [`WRITTEN_DEFAULTS`]'s: ignored
+    /// without a warning.
+    ///
+    /// [`WRITTEN_DEFAULTS`]: Self::WRITTEN_DEFAULTS
     const ACCEPTED: &'static [&'static str] = &[];
-    /// What AdapterHub writes for the [`ACCEPTED`](Self::ACCEPTED) keys sinew leaves at their
-    /// defaults (key, JSON value), so that a saved config holds every key AdapterHub's does.
+    /// AdapterHub keys sinew does not model, with the value AdapterHub writes (JSON): accepted
+    /// at their defaults when read (see [`check_supported`](Self::check_supported)), written so
+    /// that a saved config holds every key AdapterHub's does.
     const WRITTEN_DEFAULTS: &'static [(&'static str, &'static str)] = &[];
 
     /// Rejects AdapterHub settings sinew does not implement, naming the key.
@@ -139,7 +142,8 @@ pub(crate) fn parse_config<C: MethodSpec>(
     if let Ok(Value::Object(known)) = serde_json::to_value(&config) {
         for key in raw.keys() {
             let ignored = ["architecture", "init_weights_seed"].contains(&key.as_str())
-                || C::ACCEPTED.contains(&key.as_str());
+                || C::ACCEPTED.contains(&key.as_str())
+                || C::WRITTEN_DEFAULTS.iter().any(|(k, _)| k == key);
             if !known.contains_key(key) && !ignored {
                 tracing::warn!("{}: unknown config field `{key}` ignored", path.display());
             }

@@ -62,16 +62,28 @@ pub fn remove_stale_temporaries(dir: &Path) -> usize {
         let name = entry.file_name().to_string_lossy().into_owned();
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             removed += remove_stale_temporaries(&path);
-        } else if name.starts_with('.')
-            && name
+        } else if is_temporary(&name)
+            && !name
                 .rsplit_once(".tmp-")
-                .is_some_and(|(_, tail)| !tail.starts_with(&own))
+                .is_some_and(|(_, t)| t.starts_with(&own))
             && fs::remove_file(&path).is_ok()
         {
             removed += 1;
         }
     }
     removed
+}
+
+/// Whether `name` is one of [`write_atomic_with`]'s temporary names: `.{file}.tmp-{pid}-{call}`.
+fn is_temporary(name: &str) -> bool {
+    let Some((file, tail)) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    !file.is_empty()
+        && tail
+            .split_once('-')
+            .is_some_and(|(pid, call)| digits(pid) && digits(call))
 }
 
 /// Hex SHA-256 of a file, streamed.

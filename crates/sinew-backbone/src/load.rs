@@ -158,7 +158,7 @@ pub fn load_weights<B: Backend>(
             .map(String::as_str)
             .or_else(|| panic.downcast_ref::<&str>().copied())
             .unwrap_or("a panic");
-        weights_error(format!("could not be loaded ({what})"))
+        weights_error(format!("could not be loaded ({})", what.replace('\n', " ")))
     })?;
     let result = applier.into_result();
 

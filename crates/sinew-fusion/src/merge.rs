@@ -203,6 +203,18 @@ pub fn merge_lora<B: FusedOps>(
     if inputs.iter().any(|(c, _)| c.use_gating) {
         return Err("gated LoRA adapters cannot be merged".into());
     }
+    // Per-module ranks, alphas or sites (PEFT's rank_pattern, alpha_pattern, rsLoRA, the
+    // attention output) do not fit the one rank and scaling a merged adapter has.
+    if inputs
+        .iter()
+        .any(|(c, _)| c.peft.as_ref().is_some_and(|p| !p.sites.is_empty()))
+    {
+        return Err(
+            "LoRA adapters placed per module (PEFT's rank_pattern, alpha_pattern, use_rslora or \
+             the attention output) cannot be merged in weight space"
+                .into(),
+        );
+    }
     let ia3 = first.composition_mode == CompositionMode::Scale;
     if inputs
         .iter()

@@ -1230,7 +1230,19 @@ fn load_checked<B: Backend, M: Module<B> + Clone>(
     let expected = ParamShapes::of(module);
     let loaded = module.clone().load_record(record);
     let found = ParamShapes::of(&loaded);
-    for ((path, want), (_, got)) in expected.iter().zip(&found) {
+    if expected.len() != found.len() {
+        return Err(AdapterError::Input(format!(
+            "{what} has {} tensors, the model expects {}",
+            found.len(),
+            expected.len()
+        )));
+    }
+    for ((path, want), (saved, got)) in expected.iter().zip(&found) {
+        if path != saved {
+            return Err(AdapterError::Input(format!(
+                "{what} has `{saved}` where the model expects `{path}`"
+            )));
+        }
         if want != got {
             return Err(AdapterError::Input(format!(
                 "{what}.{path} has shape {got:?}, the model expects {want:?}"

@@ -82,7 +82,7 @@ pub enum DataError {
         message: String,
     },
     /// Fetching failed.
-    #[error("fetching {what}: {message}")]
+    #[error("fetching {what}: {}", one_line(message))]
     Fetch {
         /// The package.
         what: String,
