@@ -119,24 +119,48 @@ pub enum FolderFormat {
     Peft,
 }
 
-/// Writes LoRA adapter `name` as a PEFT folder (`save_pretrained`'s layout).
+/// Writes LoRA adapter `name` as a PEFT folder (`save_pretrained`'s layout). A `head` goes with
+/// it when PEFT can hold it: a classifier on the pooler (`BertForSequenceClassification`'s, one
+/// layer), saved as a module to save; other heads are left out.
 pub fn save_peft_folder<B: FusedOps>(
     dir: &Path,
     model: &BertConfig,
     name: &str,
     config: &MethodConfig,
     adapter: &Adapter<B>,
+    head: Option<(&HeadConfig, &ClassificationHead<B>)>,
 ) -> Result<()> {
     let (MethodConfig::Lora(config), Adapter::Lora(adapter)) = (config, adapter) else {
         return Err(AdapterError::Input(format!(
             "`{name}` is not a LoRA adapter; PEFT folders hold LoRA only"
         )));
     };
-    let json = crate::peft::config_to_peft(config, model).map_err(AdapterError::Input)?;
+    let classifier = head.filter(|(c, _)| {
+        c.head_type == "classification" && c.layers == 1 && c.use_pooler && c.bias
+    });
+    let json = crate::peft::config_to_peft(
+        config,
+        model,
+        adapter.has_own_biases(),
+        classifier.is_some(),
+    )
+    .map_err(AdapterError::Input)?;
     std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
     let mut sink = TensorSink::default();
     adapter.save(model, name, &mut sink);
-    sink.rename_keys(|k| crate::peft::key_to_peft(k, model, name).unwrap_or_else(|| k.to_string()));
+    let wrapped = crate::peft::wraps_encoder(&json);
+    sink.rename_keys(|k| {
+        crate::peft::key_to_peft(k, model, name, wrapped).unwrap_or_else(|| k.to_string())
+    });
+    if let Some((_, head)) = classifier {
+        let [weight, bias] = crate::peft::CLASSIFIER_KEYS;
+        sink.put_linear("classifier", &head.layers[0]);
+        sink.rename_keys(|k| match k {
+            "classifier.weight" => weight.into(),
+            "classifier.bias" => bias.into(),
+            k => k.into(),
+        });
+    }
     sink.write(&dir.join("adapter_model.safetensors"))?;
     write_json(&dir.join("adapter_config.json"), &json)
 }
@@ -218,12 +242,33 @@ impl AdapterFolder {
                 || "default".to_string(),
                 |n| n.to_string_lossy().into_owned(),
             );
+            let head = if crate::peft::saves_classifier(&json) {
+                let file = TensorFile::read(&dir.join("adapter_model.safetensors"))?;
+                match file.get(crate::peft::CLASSIFIER_KEYS[0]) {
+                    Some(t) if t.shape.len() == 2 && t.shape[0] > 0 => {
+                        Some(HeadConfig::peft_classifier(t.shape[0]))
+                    }
+                    Some(t) => {
+                        return Err(AdapterError::file(
+                            file.path(),
+                            format!(
+                                "tensor `{}` has shape {:?}, not [labels, hidden]",
+                                crate::peft::CLASSIFIER_KEYS[0],
+                                t.shape
+                            ),
+                        ))
+                    }
+                    None => None,
+                }
+            } else {
+                None
+            };
             return Ok(Self {
                 format: FolderFormat::Peft,
                 dir: dir.to_path_buf(),
                 name,
                 config: MethodConfig::Lora(config),
-                head: None,
+                head,
             });
         }
         let (raw, name) = config_object(&path, model)?;
@@ -264,6 +309,9 @@ impl AdapterFolder {
             FolderFormat::AdapterHub => TensorFile::read(&self.weights_file("adapter"))?,
             FolderFormat::Peft => {
                 let mut file = TensorFile::read(&self.dir.join("adapter_model.safetensors"))?;
+                if self.head.is_some() {
+                    file.skip(|k| crate::peft::CLASSIFIER_KEYS.contains(&k));
+                }
                 file.rename_keys(|k| crate::peft::key_from_peft(k, model, &self.name))?;
                 file
             }
@@ -279,10 +327,27 @@ impl AdapterFolder {
         model: &BertConfig,
         device: &B::Device,
     ) -> Result<Option<ClassificationHead<B>>> {
-        self.head
-            .as_ref()
-            .map(|config| load_head(&self.dir, model, &self.name, config, device))
-            .transpose()
+        let Some(config) = &self.head else {
+            return Ok(None);
+        };
+        if self.format == FolderFormat::AdapterHub {
+            return load_head(&self.dir, model, &self.name, config, device).map(Some);
+        }
+        // PEFT: the classifier beside the LoRA, as the head's one layer (`heads.NAME.1`).
+        let mut file = TensorFile::read(&self.dir.join("adapter_model.safetensors"))?;
+        file.skip(|k| !crate::peft::CLASSIFIER_KEYS.contains(&k));
+        let [weight, _] = crate::peft::CLASSIFIER_KEYS;
+        let prefix = format!("heads.{}.1", self.name);
+        file.rename_keys(|k| {
+            Some(if k == weight {
+                format!("{prefix}.weight")
+            } else {
+                format!("{prefix}.bias")
+            })
+        })?;
+        let head = ClassificationHead::load(config, model, &self.name, &mut file, device)?;
+        reject_leftovers(&file)?;
+        Ok(Some(head))
     }
 }
 

@@ -74,6 +74,21 @@ impl HeadConfig {
         }
     }
 
+    /// `BertForSequenceClassification`'s classifier as a head: one layer on the pooler output
+    /// (what a PEFT folder's `modules_to_save: ["classifier"]` holds).
+    pub fn peft_classifier(num_labels: usize) -> Self {
+        Self {
+            head_type: "classification".into(),
+            num_labels,
+            layers: 1,
+            activation_function: Activation::Tanh,
+            label2id: None,
+            use_pooler: true,
+            bias: true,
+            dropout_prob: None,
+        }
+    }
+
     /// The `config` object of `head_config.json`, as AdapterHub writes it (a tagging head has
     /// no `bias` or `use_pooler`).
     pub fn to_json(&self) -> serde_json::Value {

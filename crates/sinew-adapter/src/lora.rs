@@ -367,6 +367,9 @@ pub struct LoraSite<B: Backend> {
     pub lora_b: Param<Tensor<B, 2>>,
     /// `gate` (`use_gating`): in → 1.
     pub gate: Option<Linear<B>>,
+    /// The projection's own bias `[out]`, used instead of the backbone's: PEFT's
+    /// `bias: "lora_only"` trains the biases of the projections it adapts (`base_layer.bias`).
+    pub bias: Option<Param<Tensor<B, 1>>>,
     dropout: Dropout,
     #[module(skip)]
     mode: CompositionMode,
@@ -407,6 +410,7 @@ impl<B: FusedOps> LoraSite<B> {
                 .then(|| Param::from_tensor(a)),
             lora_b: Param::from_tensor(b),
             gate,
+            bias: None,
             dropout: DropoutConfig::new(config.dropout).init(),
             mode: config.composition_mode,
             scaling,
@@ -436,10 +440,18 @@ impl<B: FusedOps> LoraSite<B> {
         if config.use_gating {
             site.gate = Some(file.take_linear(&format!("{prefix}.gate"), d_in, 1, true, device)?);
         }
+        let bias = format!("{prefix}.bias");
+        if file.get(&bias).is_some() {
+            let values = file.take(&bias, &[d_out])?.values;
+            site.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(values, [d_out]),
+                device,
+            )));
+        }
         Ok(site)
     }
 
-    /// Writes `lora_A` `[r, in]`, `lora_B` `[out, r]` (and the gate) under `prefix`.
+    /// Writes `lora_A` `[r, in]`, `lora_B` `[out, r]` (and the gate and bias) under `prefix`.
     fn save(&self, sink: &mut TensorSink, prefix: &str) {
         if let Some(a) = &self.lora_a {
             sink.put(format!("{prefix}.lora_A"), a.val().transpose());
@@ -448,10 +460,24 @@ impl<B: FusedOps> LoraSite<B> {
         if let Some(gate) = &self.gate {
             sink.put_linear(&format!("{prefix}.gate"), gate);
         }
+        if let Some(bias) = &self.bias {
+            sink.put(format!("{prefix}.bias"), bias.val());
+        }
     }
 
     /// The projection's output `y = linear(x)` with the update applied; `[batch, seq, ·]`.
-    pub fn apply(&self, x: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn apply(&self, linear: &Linear<B>, x: Tensor<B, 3>, y: Tensor<B, 3>) -> Tensor<B, 3> {
+        let y = match (&self.bias, &linear.bias) {
+            (Some(ours), Some(theirs)) => {
+                let d_out = ours.dims()[0];
+                y + (ours.val() - theirs.val()).reshape([1, 1, d_out])
+            }
+            (Some(ours), None) => {
+                let d_out = ours.dims()[0];
+                y + ours.val().reshape([1, 1, d_out])
+            }
+            (None, _) => y,
+        };
         let factor = |t: Tensor<B, 3>| match &self.gate {
             // One gate per example: the mean over the sequence of the per-token gates.
             Some(gate) => t * sigmoid(kernels::linear(gate, x.clone())).mean_dim(1),
@@ -472,8 +498,12 @@ impl<B: FusedOps> LoraSite<B> {
         }
     }
 
-    /// Folds the update into `linear` (LoRA: W + scaling·A·B; IA3: weight and bias scaled).
+    /// Folds the update into `linear` (LoRA: W + scaling·A·B and its own bias; IA3: weight and
+    /// bias scaled).
     fn merge(&self, linear: &mut Linear<B>) {
+        if let Some(bias) = &self.bias {
+            linear.bias = Some(Param::from_tensor(bias.val()));
+        }
         match &self.lora_a {
             Some(a) => {
                 let delta = a.val().matmul(self.lora_b.val()) * self.scaling;
@@ -639,19 +669,28 @@ impl<B: FusedOps> LoraAdapter<B> {
         })
     }
 
-    /// `y`, the frozen projection of `x` at `site` of `layer`, with this adapter's update there
-    /// (if it has one).
+    /// `y = linear(x)`, the frozen projection at `site` of `layer`, with this adapter's update
+    /// there (if it has one).
     pub fn update(
         &self,
         layer: usize,
         site: Projection,
+        linear: &Linear<B>,
         x: Tensor<B, 3>,
         y: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         match self.at(layer, site) {
-            Some(update) => update.apply(x, y),
+            Some(update) => update.apply(linear, x, y),
             None => y,
         }
+    }
+
+    /// Whether any adapted projection uses its own bias (PEFT's `bias: "lora_only"`).
+    pub fn has_own_biases(&self) -> bool {
+        SITES
+            .into_iter()
+            .flat_map(|site| self.sites(site).into_iter().flatten().flatten())
+            .any(|s| s.bias.is_some())
     }
 
     /// The update at projection `site` of `layer`, if any.
@@ -727,6 +766,6 @@ impl<B: FusedOps> Hooks<B> for &LoraAdapter<B> {
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let y = kernels::linear(linear, x.clone());
-        self.update(layer, site, x, y)
+        self.update(layer, site, linear, x, y)
     }
 }

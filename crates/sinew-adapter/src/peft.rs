@@ -6,9 +6,12 @@
 //! module names (`encoder.layer.L.attention.self.query`, …, `pooler.dense`): `target_modules` as a
 //! list (an entry equal to the name, or ending it after a `.`), a regex (full match) or
 //! `"all-linear"`; `exclude_modules` (list or regex); `layers_to_transform` with `layers_pattern`;
-//! `rank_pattern`/`alpha_pattern` (`get_pattern_key`); `use_rslora`. Settings that change the
-//! forward pass in ways sinew does not implement (DoRA, `fan_in_fan_out`, `bias`,
-//! `modules_to_save`, …) are refused naming the key; a match on `pooler.dense` names the module.
+//! `rank_pattern`/`alpha_pattern` (`get_pattern_key`); `use_rslora`; `bias: "lora_only"` (the
+//! adapted projections' own biases, `…base_layer.bias`); `modules_to_save` holding the classifier
+//! of a sequence-classification model (a one-layer head on the pooler, as
+//! `BertForSequenceClassification` has). Settings that change the forward pass in ways sinew does
+//! not implement (DoRA, `fan_in_fan_out`, `bias: "all"`, other modules to save, …) are refused
+//! naming the key; a match on `pooler.dense` names the module.
 
 use serde_json::{Map, Value};
 use sinew_backbone::{BertConfig, Projection};
@@ -39,16 +42,31 @@ fn must_be_default(raw: &Map<String, Value>) -> Result<(), String> {
     let is =
         |key: &str, ok: &dyn Fn(&Value) -> bool| raw.get(key).is_none_or(|v| v.is_null() || ok(v));
 
-    let checks: [(&str, Supported); 15] = [
-        ("bias", &|v| v == "none"),
+    if raw.get("bias").is_some_and(|v| v == "all") {
+        return Err(
+            "`bias` = \"all\" is not supported: it retrains every bias of the backbone, \
+                    which sinew shares between adapters (\"none\" and \"lora_only\" are)"
+                .into(),
+        );
+    }
+    let saved = match names(raw, "modules_to_save")? {
+        Names::None => vec![],
+        Names::One(one) => vec![one],
+        Names::List(list) => list,
+    };
+    if let Some(other) = saved.iter().find(|m| !SAVED_MODULES.contains(&m.as_str())) {
+        return Err(format!(
+            "`modules_to_save` entry \"{other}\" is not supported (sinew reads the classifier of \
+             a sequence-classification model)"
+        ));
+    }
+    let checks: [(&str, Supported); 14] = [
+        ("bias", &|v| v == "none" || v == "lora_only"),
         ("use_dora", &|v| v == false),
         ("fan_in_fan_out", &|v| v == false),
         ("lora_bias", &|v| v == false),
         ("use_qalora", &|v| v == false),
         ("use_bdlora", &|v| v == false),
-        ("modules_to_save", &|v| {
-            v.as_array().is_some_and(Vec::is_empty)
-        }),
         ("target_parameters", &|v| {
             v.as_array().is_some_and(Vec::is_empty)
         }),
@@ -91,6 +109,42 @@ enum Names {
     One(String),
     List(Vec<String>),
 }
+
+impl Names {
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Names::None => false,
+            Names::One(one) => one == name,
+            Names::List(list) => list.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// `modules_to_save` entries sinew reads: the classifier of `BertForSequenceClassification`
+/// (PEFT's `SEQ_CLS` default also lists `score`, which a BERT does not have).
+const SAVED_MODULES: [&str; 2] = ["classifier", "score"];
+
+/// PEFT's task types whose model wraps the encoder (`BertFor…`): their keys carry the model prefix
+/// (`base_model.model.bert.encoder…`).
+const WRAPPING_TASKS: [&str; 3] = ["SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"];
+
+/// Whether a PEFT config's keys carry the model prefix.
+pub fn wraps_encoder(json: &Value) -> bool {
+    json.get("task_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| WRAPPING_TASKS.contains(&t))
+}
+
+/// Whether a PEFT config saves the classifier (`modules_to_save` lists `classifier`).
+pub fn saves_classifier(raw: &Map<String, Value>) -> bool {
+    names(raw, "modules_to_save").is_ok_and(|n| n.contains("classifier"))
+}
+
+/// The classifier's weight and bias keys in `adapter_model.safetensors`.
+pub const CLASSIFIER_KEYS: [&str; 2] = [
+    "base_model.model.classifier.weight",
+    "base_model.model.classifier.bias",
+];
 
 fn names(raw: &Map<String, Value>, key: &str) -> Result<Names, String> {
     match raw.get(key) {
@@ -324,8 +378,28 @@ fn switches(sites: &[PeftSite], r: usize, alpha: f64, dropout: f64, n: usize) ->
 }
 
 /// sinew's LoRA config as PEFT's `adapter_config.json`: a PEFT folder's own, when its rules
-/// still give this placement, else one built from the switches.
-pub fn config_to_peft(config: &LoraConfig, model: &BertConfig) -> Result<Value, String> {
+/// still give this placement, else one built from the switches; with `bias: "lora_only"` when the
+/// adapter has `own_biases`, and the classifier as a module to save (task `SEQ_CLS`) with
+/// `classifier`.
+pub fn config_to_peft(
+    config: &LoraConfig,
+    model: &BertConfig,
+    own_biases: bool,
+    classifier: bool,
+) -> Result<Value, String> {
+    let mut json = placement_to_peft(config, model)?;
+    let map = json.as_object_mut().expect("configs are objects");
+    if own_biases {
+        map.insert("bias".into(), "lora_only".into());
+    }
+    if classifier && !saves_classifier(map) {
+        map.insert("modules_to_save".into(), serde_json::json!(["classifier"]));
+        map.insert("task_type".into(), "SEQ_CLS".into());
+    }
+    Ok(json)
+}
+
+fn placement_to_peft(config: &LoraConfig, model: &BertConfig) -> Result<Value, String> {
     if config.composition_mode != CompositionMode::Add || config.use_gating {
         return Err("PEFT folders hold plain LoRA only (no IA3, no gate)".into());
     }
@@ -365,21 +439,19 @@ pub fn config_to_peft(config: &LoraConfig, model: &BertConfig) -> Result<Value, 
                 .map(|l| format!("encoder.layer.{l}.output.dense")),
         );
     }
-    Ok(serde_json::json!({
-        "peft_type": "LORA",
-        "r": config.r,
-        "lora_alpha": config.alpha,
-        "lora_dropout": config.dropout,
-        "target_modules": targets,
-        "layers_to_transform": if config.leave_out.is_empty() { Value::Null } else { layers.into() },
-        "bias": "none",
-        "fan_in_fan_out": false,
-        "use_rslora": false,
-        "use_dora": false,
-        "task_type": null,
-        "inference_mode": true,
-        "base_model_name_or_path": model.model_type,
-    }))
+    let layers = if config.leave_out.is_empty() {
+        Value::Null
+    } else {
+        layers.into()
+    };
+    Ok(peft_json(
+        config,
+        model,
+        targets,
+        layers,
+        Map::new(),
+        Map::new(),
+    ))
 }
 
 /// A PEFT config naming every adapted module in full, with `rank_pattern`/`alpha_pattern` where a
@@ -397,6 +469,18 @@ fn config_for_sites(config: &LoraConfig, sites: &[PeftSite], model: &BertConfig)
         }
         targets.push(name);
     }
+    peft_json(config, model, targets, Value::Null, ranks, alphas)
+}
+
+/// The `adapter_config.json` sinew writes when it has no PEFT config to keep.
+fn peft_json(
+    config: &LoraConfig,
+    model: &BertConfig,
+    targets: Vec<String>,
+    layers: Value,
+    ranks: Map<String, Value>,
+    alphas: Map<String, Value>,
+) -> Value {
     serde_json::json!({
         "peft_type": "LORA",
         "r": config.r,
@@ -405,7 +489,7 @@ fn config_for_sites(config: &LoraConfig, sites: &[PeftSite], model: &BertConfig)
         "target_modules": targets,
         "rank_pattern": ranks,
         "alpha_pattern": alphas,
-        "layers_to_transform": null,
+        "layers_to_transform": layers,
         "bias": "none",
         "fan_in_fan_out": false,
         "use_rslora": false,
@@ -464,12 +548,18 @@ mod regex {
 }
 
 /// PEFT key → AdapterHub key for adapter `name`: `base_model.model.[bert.]encoder.layer.L.P.lora_A.weight`
-/// → `bert.encoder.layer.L.P.loras.NAME.lora_A`.
+/// → `bert.encoder.layer.L.P.loras.NAME.lora_A` (and `…P.base_layer.bias` → `…P.loras.NAME.bias`).
 pub fn key_from_peft(key: &str, model: &BertConfig, name: &str) -> Option<String> {
     let rest = key.strip_prefix("base_model.model.")?;
     let rest = rest
         .strip_prefix(&format!("{}.", model_prefix(model)))
         .unwrap_or(rest);
+    if let Some(module) = rest.strip_suffix(".base_layer.bias") {
+        return Some(format!(
+            "{}.{module}.loras.{name}.bias",
+            model_prefix(model)
+        ));
+    }
     let rest = rest.strip_suffix(".weight")?;
     let (module, matrix) = rest.rsplit_once('.')?;
     Some(format!(
@@ -478,11 +568,21 @@ pub fn key_from_peft(key: &str, model: &BertConfig, name: &str) -> Option<String
     ))
 }
 
-/// AdapterHub key → PEFT key (the inverse of [`key_from_peft`], for a bare encoder).
-pub fn key_to_peft(key: &str, model: &BertConfig, name: &str) -> Option<String> {
-    let rest = key.strip_prefix(&format!("{}.", model_prefix(model)))?;
+/// AdapterHub key → PEFT key (the inverse of [`key_from_peft`]); `wrapped` keeps the model prefix
+/// (a config whose task wraps the encoder, see [`wraps_encoder`]).
+pub fn key_to_peft(key: &str, model: &BertConfig, name: &str, wrapped: bool) -> Option<String> {
+    let root = model_prefix(model);
+    let rest = key.strip_prefix(&format!("{root}."))?;
     let (module, matrix) = rest.split_once(&format!(".loras.{name}."))?;
-    Some(format!("base_model.model.{module}.{matrix}.weight"))
+    let module = if wrapped {
+        format!("{root}.{module}")
+    } else {
+        module.to_string()
+    };
+    Some(match matrix {
+        "bias" => format!("base_model.model.{module}.base_layer.bias"),
+        _ => format!("base_model.model.{module}.{matrix}.weight"),
+    })
 }
 
 #[cfg(test)]
@@ -512,9 +612,18 @@ mod tests {
         }
         let ours = "bert.encoder.layer.0.intermediate.dense.loras.x.lora_B";
         assert_eq!(
-            key_to_peft(ours, &m, "x").unwrap(),
+            key_to_peft(ours, &m, "x", false).unwrap(),
             "base_model.model.encoder.layer.0.intermediate.dense.lora_B.weight"
         );
+        assert_eq!(
+            key_to_peft(ours, &m, "x", true).unwrap(),
+            "base_model.model.bert.encoder.layer.0.intermediate.dense.lora_B.weight"
+        );
+        // bias "lora_only": the projection's own bias.
+        let peft = "base_model.model.encoder.layer.2.attention.self.value.base_layer.bias";
+        let ours = "bert.encoder.layer.2.attention.self.value.loras.x.bias";
+        assert_eq!(key_from_peft(peft, &m, "x").unwrap(), ours);
+        assert_eq!(key_to_peft(ours, &m, "x", false).unwrap(), peft);
     }
 
     #[test]
@@ -529,12 +638,28 @@ mod tests {
             ("use_dora", Value::from(true)),
             ("fan_in_fan_out", true.into()),
             ("bias", "all".into()),
-            ("bias", "lora_only".into()),
-            ("modules_to_save", serde_json::json!(["classifier"])),
+            ("bias", "weird".into()),
+            (
+                "modules_to_save",
+                serde_json::json!(["classifier", "pooler"]),
+            ),
+            ("modules_to_save", "embeddings".into()),
             ("lora_bias", true.into()),
         ] {
             let e = with(key, value);
             assert!(e.contains(&format!("`{key}`")) && !e.contains('\n'), "{e}");
+        }
+        // What sinew reads: the adapted projections' biases, the classifier.
+        for (key, value) in [
+            ("bias", Value::from("lora_only")),
+            (
+                "modules_to_save",
+                serde_json::json!(["classifier", "score"]),
+            ),
+        ] {
+            let mut json = base.as_object().unwrap().clone();
+            json.insert(key.into(), value);
+            config_from_peft(&json, Some(6)).unwrap();
         }
         let e = with("target_modules", serde_json::json!(["pooler.dense"]));
         assert!(

@@ -347,7 +347,7 @@ impl<B: FusedOps, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
     ) -> Tensor<B, 3> {
         let y = kernels::linear(linear, x.clone());
         self.others().fold(y, |y, a| match a {
-            Adapter::Lora(lora) => lora.update(layer, site, x.clone(), y),
+            Adapter::Lora(lora) => lora.update(layer, site, linear, x.clone(), y),
             _ => y,
         })
     }

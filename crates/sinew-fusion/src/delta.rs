@@ -106,7 +106,7 @@ impl<B: FusedOps> Hooks<B> for DeltaFusion<'_, B> {
         for (i, adapter) in self.adapters.iter().enumerate() {
             let (xi, yi) = (self.rows(x.clone(), i + 1), self.rows(y.clone(), i + 1));
             parts.push(match adapter {
-                Adapter::Lora(lora) => lora.update(layer, site, xi, yi),
+                Adapter::Lora(lora) => lora.update(layer, site, linear, xi, yi),
                 _ => yi,
             });
         }

@@ -215,6 +215,13 @@ pub fn merge_lora<B: FusedOps>(
                 .into(),
         );
     }
+    if inputs.iter().any(|(_, a)| a.has_own_biases()) {
+        return Err(
+            "LoRA adapters with their own biases (PEFT's bias \"lora_only\") cannot be merged in \
+             weight space"
+                .into(),
+        );
+    }
     let ia3 = first.composition_mode == CompositionMode::Scale;
     if inputs
         .iter()

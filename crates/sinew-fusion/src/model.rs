@@ -199,15 +199,19 @@ impl<B: FusedOps> AdapterModel<B> {
         save_folder(dir, &self.config, name, adapter, head)
     }
 
-    /// Saves LoRA adapter `name` as a PEFT folder (`adapter_config.json`, `adapter_model.safetensors`).
+    /// Saves LoRA adapter `name` as a PEFT folder (`adapter_config.json`, `adapter_model.safetensors`),
+    /// with its head when that is a classifier on the pooler (`modules_to_save`).
     pub fn save_peft(&self, dir: &Path, name: &str) -> Result<()> {
         let index = self.adapter_index(name)?;
+        let head =
+            Self::index_of(&self.head_names, name).map(|i| (&self.head_configs[i], &self.heads[i]));
         save_peft_folder(
             dir,
             &self.config,
             name,
             &self.adapter_configs[index],
             &self.adapters[index],
+            head,
         )
     }
 
