@@ -1,8 +1,10 @@
 //! The Burn backends compiled into this build, and the one place the CLI picks among them.
 //!
 //! Adding a backend is one cargo feature (`Cargo.toml`) and one line in the `backends!` list
-//! below: the line names the feature, the `--backend` value, the variant and the Burn type. The
-//! macro makes the alias, the CLI choice and the dispatch arm.
+//! below: the line names the feature, the `--backend` value, the variant, the Burn type and its
+//! rank among the CPU backends (1 = fastest; `None` for a GPU backend). The macro makes the alias,
+//! the CLI choice and the dispatch arm. Every command's default is [`BackendKind::default`]: the
+//! fastest CPU backend compiled in.
 
 use sinew_backbone::FusedOps;
 
@@ -15,7 +17,7 @@ pub trait BackendJob {
 }
 
 macro_rules! backends {
-    ($($feature:literal => $variant:ident: $alias:ident = $ty:ty),+ $(,)?) => {
+    ($($feature:literal => $variant:ident: $alias:ident = $ty:ty, cpu_rank: $rank:expr),+ $(,)?) => {
         $(
             #[cfg(feature = $feature)]
             #[doc = concat!("The `", $feature, "` backend.")]
@@ -59,24 +61,56 @@ macro_rules! backends {
                 vec![$( #[cfg(feature = $feature)] Self::$variant, )+]
             }
 
-            /// flex when compiled in (the fastest CPU backend here), else the first compiled.
-            pub fn fastest_cpu() -> Self {
+            /// Its rank among the CPU backends (1 = fastest), `None` for a GPU backend.
+            pub fn cpu_rank(self) -> Option<u8> {
+                match self {
+                    $(
+                        #[cfg(feature = $feature)]
+                        Self::$variant => $rank,
+                    )+
+                }
+            }
+        }
+
+        /// The fastest CPU backend compiled in (the first compiled when only GPU backends are).
+        impl Default for BackendKind {
+            fn default() -> Self {
                 let compiled = Self::compiled();
                 compiled
                     .iter()
                     .copied()
-                    .find(|b| b.name() == "flex")
-                    .unwrap_or(compiled[0])
+                    .filter_map(|b| b.cpu_rank().map(|rank| (rank, b)))
+                    .min_by_key(|&(rank, _)| rank)
+                    .map_or(compiled[0], |(_, b)| b)
             }
         }
     };
 }
 
 backends! {
-    "ndarray" => Ndarray: NdArrayBackend = burn::backend::NdArray<f32>,
-    "flex" => Flex: FlexBackend = burn::backend::Flex,
-    "wgpu" => Wgpu: WgpuBackend = burn::backend::Wgpu,
+    "ndarray" => Ndarray: NdArrayBackend = burn::backend::NdArray<f32>, cpu_rank: Some(2),
+    "flex" => Flex: FlexBackend = burn::backend::Flex, cpu_rank: Some(1),
+    "wgpu" => Wgpu: WgpuBackend = burn::backend::Wgpu, cpu_rank: None,
 }
 
 #[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu")))]
 compile_error!("enable at least one backend feature: ndarray, flex or wgpu");
+
+#[cfg(test)]
+mod tests {
+    use super::BackendKind;
+
+    /// The default is the compiled backend with the lowest CPU rank, never a GPU backend when a
+    /// CPU one is compiled in.
+    #[test]
+    fn the_default_is_the_fastest_cpu_backend() {
+        let default = BackendKind::default();
+        let best = BackendKind::compiled()
+            .into_iter()
+            .filter_map(BackendKind::cpu_rank)
+            .min();
+        assert_eq!(default.cpu_rank(), best);
+        #[cfg(feature = "flex")]
+        assert_eq!(default.name(), "flex");
+    }
+}

@@ -50,9 +50,9 @@ pub struct Demo {
     /// Seed of batching, sampling and dropout.
     #[arg(long, default_value_t = 13)]
     pub seed: u64,
-    /// Burn backend to run on (default: flex, the fastest CPU backend, when compiled in).
-    #[arg(long, value_enum)]
-    pub backend: Option<BackendKind>,
+    /// Burn backend to run on (default: the fastest CPU backend compiled in).
+    #[arg(long, value_enum, default_value_t)]
+    pub backend: BackendKind,
 }
 
 /// One row of the demo's table.
@@ -104,7 +104,7 @@ impl Demo {
             std::fs::remove_dir_all(&out).with_context(|| out.display().to_string())?;
         }
         let started = Instant::now();
-        let backend = self.backend.unwrap_or_else(BackendKind::fastest_cpu);
+        let backend = self.backend;
         let results = backend.run(TrainJob {
             spec,
             out,

@@ -52,8 +52,8 @@ enum Command {
         /// Where to write the JSON.
         #[arg(long)]
         output: PathBuf,
-        /// Burn backend to run on.
-        #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
+        /// Burn backend to run on (default: the fastest CPU backend compiled in).
+        #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
         /// Truncate inputs at N tokens (default: the model's maximum positions).
         #[arg(long)]
@@ -109,8 +109,8 @@ enum Command {
         /// Texts per forward pass.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
-        /// Burn backend to run on.
-        #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
+        /// Burn backend to run on (default: the fastest CPU backend compiled in).
+        #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
     },
     /// Label every line of a text file with a trained run (JSONL: text, label, probabilities).
@@ -130,8 +130,8 @@ enum Command {
         /// Texts per forward pass.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
-        /// Burn backend to run on.
-        #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
+        /// Burn backend to run on (default: the fastest CPU backend compiled in).
+        #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
     },
     /// Time a standard work (the criterion benches' works and inputs) on this machine and
@@ -159,9 +159,9 @@ enum Command {
         /// HF model folder (default: all-MiniLM-L6-v2, fetched if missing).
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Burn backend to run on (default: flex when compiled in).
-        #[arg(long, value_enum)]
-        backend: Option<BackendKind>,
+        /// Burn backend to run on (default: the fastest CPU backend compiled in).
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
     },
     /// Merge LoRA (or IA3) adapters in weight space into a new adapter folder.
     Merge {
@@ -192,8 +192,8 @@ enum Command {
         /// Folder to write (AdapterHub's layout).
         #[arg(long)]
         output: PathBuf,
-        /// Burn backend to run on.
-        #[arg(long, value_enum, default_value_t = BackendKind::compiled()[0])]
+        /// Burn backend to run on (default: the fastest CPU backend compiled in).
+        #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
     },
 }
@@ -288,9 +288,9 @@ struct TrainArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Burn backend to run on (default: flex when compiled in).
-    #[arg(long, value_enum)]
-    backend: Option<BackendKind>,
+    /// Burn backend to run on (default: the fastest CPU backend compiled in).
+    #[arg(long, value_enum, default_value_t)]
+    backend: BackendKind,
 }
 
 impl TrainArgs {
@@ -360,10 +360,7 @@ impl TrainArgs {
             out: self.out.clone(),
             resume: self.resume,
         };
-        let results = self
-            .backend
-            .unwrap_or_else(BackendKind::fastest_cpu)
-            .run(job)?;
+        let results = self.backend.run(job)?;
         for r in &results {
             let test = r.test.map_or("no test split".to_string(), |s| {
                 format!(
@@ -476,7 +473,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             backend,
         } => {
-            let backend = backend.unwrap_or_else(BackendKind::fastest_cpu);
             let mut result = backend.run(BenchJob {
                 work,
                 adapter,
