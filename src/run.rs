@@ -465,9 +465,11 @@ impl BackendJob for TrainJob {
         let (mut model, regime, fusion) = build_model(&record, pretrained, device)?;
         record.fusion = fusion;
         let task_data: Vec<TaskData> = data.iter().map(|(t, _)| t.clone()).collect();
-        // `train` sets the same regime again; setting it here first only lets us count.
-        set_regime(&mut model, &regime, &task_data)?;
-        let (trainable, total) = model.param_counts();
+        let (trainable, total) = {
+            let mut probe = model.clone();
+            set_regime(&mut probe, &regime, &task_data)?;
+            probe.param_counts()
+        };
         eprintln!(
             "{}: training {trainable} of {total} parameters ({:.2}%) on {} examples",
             self.label,
