@@ -76,6 +76,36 @@ fn load_run_save(adapter: &Path, outputs: &Path) -> (serde_json::Value, serde_js
     (config(adapter), config(out.path()))
 }
 
+/// MiniLM without adapters, and `texts` as its input.
+fn minilm_with(texts: &[String]) -> (AdapterModel<B>, sinew::backbone::EncoderInput<B>) {
+    let device = Default::default();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let input = pretrained
+        .tokenizer
+        .encode(texts)
+        .unwrap()
+        .to_input::<B>(&device);
+    (
+        AdapterModel::new(pretrained.model, pretrained.config),
+        input,
+    )
+}
+
+/// The error of merging adapters `a` and `b` half and half in weight space.
+fn merge_error(model: &mut AdapterModel<B>, a: &str, b: &str) -> String {
+    let options = sinew::fusion::merge::MergeOptions {
+        method: sinew::fusion::merge::MergeMethod::Linear,
+        weights: vec![0.5, 0.5],
+        density: 1.0,
+        rank: None,
+        seed: 0,
+    };
+    model
+        .merge_loras("merged", &[a, b], &options, &Default::default())
+        .unwrap_err()
+        .to_string()
+}
+
 /// One form of PEFT's target rules (tests/fixtures/peft/forms/<form>/, made by PEFT): its
 /// `adapter_config.json` is written back as PEFT wrote it.
 fn form(form: &str) {
@@ -137,13 +167,7 @@ fn peft_bias_lora_only() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("bias_lora_only.json")).unwrap())
             .unwrap();
     let device = Default::default();
-    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
-    let input = pretrained
-        .tokenizer
-        .encode(&outputs.texts)
-        .unwrap()
-        .to_input::<B>(&device);
-    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    let (mut model, input) = minilm_with(&outputs.texts);
     let name = model
         .load_adapter(&dir.join("bias_lora_only"), &device)
         .unwrap();
@@ -159,21 +183,7 @@ fn peft_bias_lora_only() {
     let other = model
         .load_adapter(&fixture_path("peft").join("lora"), &device)
         .unwrap();
-    let err = model
-        .merge_loras(
-            "merged",
-            &[&name, &other],
-            &sinew::fusion::merge::MergeOptions {
-                method: sinew::fusion::merge::MergeMethod::Linear,
-                weights: vec![0.5, 0.5],
-                density: 1.0,
-                rank: None,
-                seed: 0,
-            },
-            &device,
-        )
-        .unwrap_err()
-        .to_string();
+    let err = merge_error(&mut model, &name, &other);
     assert!(err.contains("own biases") && !err.contains('\n'), "{err}");
 }
 
@@ -195,13 +205,7 @@ fn peft_sequence_classifier_becomes_the_head() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("seq_cls.json")).unwrap()).unwrap();
     let want: Logits =
         serde_json::from_str(&std::fs::read_to_string(dir.join("seq_cls.json")).unwrap()).unwrap();
-    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
-    let input = pretrained
-        .tokenizer
-        .encode(&outputs.texts)
-        .unwrap()
-        .to_input::<B>(&device);
-    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    let (mut model, input) = minilm_with(&outputs.texts);
     let name = model.load_adapter(&dir.join("seq_cls"), &device).unwrap();
     model.set_active(Some(&name)).unwrap();
     let out = model.forward(&input).unwrap();
@@ -397,21 +401,7 @@ fn per_module_placements_are_not_merged() {
         .load_adapter(&forms.join("patterns"), &device)
         .unwrap();
     let rslora = model.load_adapter(&forms.join("rslora"), &device).unwrap();
-    let err = model
-        .merge_loras(
-            "merged",
-            &[&patterns, &rslora],
-            &sinew::fusion::merge::MergeOptions {
-                method: sinew::fusion::merge::MergeMethod::Linear,
-                weights: vec![0.5, 0.5],
-                density: 1.0,
-                rank: None,
-                seed: 0,
-            },
-            &device,
-        )
-        .unwrap_err()
-        .to_string();
+    let err = merge_error(&mut model, &patterns, &rslora);
     assert!(
         err.contains("placed per module") && !err.contains('\n'),
         "{err}"
