@@ -51,29 +51,35 @@ fn load_run_save(adapter: &Path, outputs: &Path) -> (serde_json::Value, serde_js
 
     let out = tempfile::tempdir().unwrap();
     model.save_peft(out.path(), &name).unwrap();
-    let read = |p: &Path| std::fs::read(p.join("adapter_model.safetensors")).unwrap();
-    let (theirs, ours) = (read(adapter), read(out.path()));
-    let (theirs, ours) = (
-        safetensors::SafeTensors::deserialize(&theirs).unwrap(),
-        safetensors::SafeTensors::deserialize(&ours).unwrap(),
-    );
-    let (mut a, mut b) = (theirs.names(), ours.names());
-    a.sort();
-    b.sort();
-    assert_eq!(a, b, "{name}: keys");
-    for key in a {
-        let (x, y) = (theirs.tensor(key).unwrap(), ours.tensor(key).unwrap());
-        assert_eq!(
-            (x.dtype(), x.shape(), x.data()),
-            (y.dtype(), y.shape(), y.data()),
-            "{name}: {key}"
-        );
-    }
+    same_tensors(adapter, out.path(), &name);
     let config = |p: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(p.join("adapter_config.json")).unwrap())
             .unwrap()
     };
     (config(adapter), config(out.path()))
+}
+
+/// Asserts that `a/adapter_model.safetensors` and `b/…` hold the same keys with the same dtype,
+/// shape and bytes.
+fn same_tensors(a: &Path, b: &Path, what: &str) {
+    let read = |p: &Path| std::fs::read(p.join("adapter_model.safetensors")).unwrap();
+    let (theirs, ours) = (read(a), read(b));
+    let (theirs, ours) = (
+        safetensors::SafeTensors::deserialize(&theirs).unwrap(),
+        safetensors::SafeTensors::deserialize(&ours).unwrap(),
+    );
+    let (mut x, mut y) = (theirs.names(), ours.names());
+    x.sort();
+    y.sort();
+    assert_eq!(x, y, "{what}: keys");
+    for key in x {
+        let (t, o) = (theirs.tensor(key).unwrap(), ours.tensor(key).unwrap());
+        assert_eq!(
+            (t.dtype(), t.shape(), t.data()),
+            (o.dtype(), o.shape(), o.data()),
+            "{what}: {key}"
+        );
+    }
 }
 
 /// MiniLM without adapters, and `texts` as its input.
@@ -249,24 +255,7 @@ fn peft_placement_round_trips_through_adapterhub_layout() {
         // saved again, PEFT's tensors.
         let (_, ours) = load_run_save(&peft_dir, &dir.join(format!("{form}.json")));
         assert!(ours["target_modules"].is_array(), "{form}");
-        let read = |p: &Path| std::fs::read(p.join("adapter_model.safetensors")).unwrap();
-        let (theirs, ours) = (read(&dir.join(form)), read(&peft_dir));
-        let (theirs, ours) = (
-            safetensors::SafeTensors::deserialize(&theirs).unwrap(),
-            safetensors::SafeTensors::deserialize(&ours).unwrap(),
-        );
-        let (mut a, mut b) = (theirs.names(), ours.names());
-        a.sort();
-        b.sort();
-        assert_eq!(a, b, "{form}: keys");
-        for key in a {
-            let (x, y) = (theirs.tensor(key).unwrap(), ours.tensor(key).unwrap());
-            assert_eq!(
-                (x.shape(), x.data()),
-                (y.shape(), y.data()),
-                "{form}: {key}"
-            );
-        }
+        same_tensors(&dir.join(form), &peft_dir, form);
     }
 }
 
@@ -353,20 +342,7 @@ fn peft_lora_folder_loads_and_saves_back() {
 
     let out = tempfile::tempdir().unwrap();
     model.save_peft(out.path(), &name).unwrap();
-    let read = |p: &std::path::Path| std::fs::read(p.join("adapter_model.safetensors")).unwrap();
-    let (theirs, ours) = (read(&dir.join("lora")), read(out.path()));
-    let (theirs, ours) = (
-        safetensors::SafeTensors::deserialize(&theirs).unwrap(),
-        safetensors::SafeTensors::deserialize(&ours).unwrap(),
-    );
-    let (mut a, mut b) = (theirs.names(), ours.names());
-    a.sort();
-    b.sort();
-    assert_eq!(a, b, "keys");
-    for key in a {
-        let (x, y) = (theirs.tensor(key).unwrap(), ours.tensor(key).unwrap());
-        assert_eq!((x.shape(), x.data()), (y.shape(), y.data()), "{key}");
-    }
+    same_tensors(&dir.join("lora"), out.path(), "lora");
     let config = |p: &std::path::Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(p.join("adapter_config.json")).unwrap())
             .unwrap()
