@@ -110,7 +110,7 @@ fn bench_backend<B: FusedOps>(c: &mut Criterion, backend: &str) {
     // Fuse of 2, 4, 8 adapters: training step (fusion and head) and inference.
     for n in [2, 4, 8] {
         let (mut model, tokenizer) = model::<A<B>>(n, 64);
-        sinew::bench::fuse_all(&mut model).unwrap();
+        sinew::works::fuse_all(&mut model).unwrap();
         let input = texts_input(&tokenizer, 32, 64);
         inference(
             c,
@@ -187,7 +187,7 @@ fn fast_paths<B: FusedOps>(c: &mut Criterion, backend: &str) {
             Start::Tokens(&input),
         );
         let plain = texts_input::<B>(&tokenizer, 32, 128);
-        let hidden = model.backbone.valid().hidden_before(&plain, 3);
+        let hidden = model.backbone().valid().hidden_before(&plain, 3);
         let start = Start::Hidden {
             layer: 3,
             hidden: Tensor::from_inner(hidden),

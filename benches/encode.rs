@@ -5,7 +5,8 @@
 //! `tools/bench-encode.sh` runs this and PyTorch in one go and prints the ratios.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sinew::backbone::{assets, FusedOps, Pretrained};
+use sinew::backbone::{FusedOps, Pretrained};
+use sinew::data::assets;
 
 const BATCH: usize = 32;
 const TOKENS: usize = 128;

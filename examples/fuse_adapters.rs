@@ -12,20 +12,21 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use clap::Parser;
 use sinew::adapter::HeadConfig;
-use sinew::backbone::{assets, Pretrained};
+use sinew::backbone::Pretrained;
 use sinew::backend::{BackendJob, BackendKind};
+use sinew::data::assets;
+use sinew::data::splits::{prepare, read_split, task_dir};
+use sinew::data::tasks::task;
 use sinew::fusion::{AdapterModel, FusionConfig};
 use sinew::trainer::batching::tokenize;
-use sinew::trainer::data::{prepare, read_split, task_dir};
 use sinew::trainer::monitor::Monitor;
-use sinew::trainer::tasks::task;
 use sinew::trainer::train::{evaluate, train, Regime, TaskData, TrainConfig};
 use sinew_backbone::FusedOps;
 
 #[derive(Parser, Clone)]
 struct Args {
     /// Backend to run on.
-    #[arg(long, value_enum, default_value_t = BackendKind::Wgpu)]
+    #[arg(long, default_value_t = BackendKind::Wgpu)]
     backend: BackendKind,
     /// Trained adapter folders to fuse (two or more).
     #[arg(long = "adapter", required = true)]
@@ -77,7 +78,7 @@ impl BackendJob for Args {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let fusion = model.add_fusion(&names, FusionConfig::dynamic(), device)?;
         model.add_head(
-            &fusion,
+            &fusion.to_string(),
             HeadConfig::classification(&manifest.labels),
             device,
         )?;
@@ -91,7 +92,7 @@ impl BackendJob for Args {
             ..TrainConfig::default()
         };
         let regime = Regime::Fusion {
-            name: fusion.clone(),
+            fusion: fusion.clone(),
             unfreeze_adapters: false,
         };
         let mut monitor = Monitor::new("fusion", None)?;
@@ -103,7 +104,7 @@ impl BackendJob for Args {
             "Fuse({fusion}) on {}: test accuracy {:.4}, macro-F1 {:.4}",
             self.target, scores.accuracy, scores.macro_f1
         );
-        let folder = self.out.join(&fusion);
+        let folder = self.out.join(fusion.to_string());
         model.save_fusion(&folder, &fusion, true)?;
         println!("saved {}", folder.display());
         Ok(())

@@ -5,14 +5,15 @@
 //! Prints the cosine similarity of every pair of sentences (mean-pooled, as sentence-transformers does).
 
 use clap::Parser;
-use sinew::backbone::{assets, Pretrained};
+use sinew::backbone::Pretrained;
 use sinew::backend::{BackendJob, BackendKind};
+use sinew::data::assets;
 use sinew_backbone::FusedOps;
 
 #[derive(Parser)]
 struct Args {
     /// Backend to run on.
-    #[arg(long, value_enum, default_value_t = BackendKind::Wgpu)]
+    #[arg(long, default_value_t = BackendKind::Wgpu)]
     backend: BackendKind,
 }
 

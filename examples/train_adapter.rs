@@ -12,20 +12,21 @@ use burn::module::AutodiffModule;
 use clap::Parser;
 use sinew::adapter::bottleneck::BnConfig;
 use sinew::adapter::{HeadConfig, MethodConfig};
-use sinew::backbone::{assets, Pretrained};
+use sinew::backbone::Pretrained;
 use sinew::backend::{BackendJob, BackendKind};
+use sinew::data::assets;
+use sinew::data::splits::{prepare, read_split, subsample, task_dir};
+use sinew::data::tasks::task;
 use sinew::fusion::AdapterModel;
 use sinew::trainer::batching::tokenize;
-use sinew::trainer::data::{prepare, read_split, subsample, task_dir};
 use sinew::trainer::monitor::Monitor;
-use sinew::trainer::tasks::task;
 use sinew::trainer::train::{evaluate, train, Regime, TaskData, TrainConfig};
 use sinew_backbone::FusedOps;
 
 #[derive(Parser, Clone)]
 struct Args {
     /// Backend to run on.
-    #[arg(long, value_enum, default_value_t = BackendKind::Wgpu)]
+    #[arg(long, default_value_t = BackendKind::Wgpu)]
     backend: BackendKind,
     /// A task of the suite (`sinew fetch --task all` lists them).
     #[arg(long, default_value = "trec")]

@@ -1,4 +1,4 @@
-//! The Burn backends compiled into this build, and the one place the CLI picks among them.
+//! The Burn backends compiled into this build, and the one place a program picks among them.
 //!
 //! Adding a backend is one cargo feature (`Cargo.toml`) and one line in the `backends!` list
 //! below: the line names the feature, the `--backend` value, the variant, the Burn type and its
@@ -7,6 +7,25 @@
 //! fastest CPU backend compiled in.
 
 use sinew_backbone::FusedOps;
+
+/// A backend name that is not compiled into this build.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backend `{}` is not compiled in (this build has: {})", .0, compiled_names())]
+pub struct UnknownBackend(pub String);
+
+fn compiled_names() -> String {
+    let names: Vec<&str> = BackendKind::compiled()
+        .into_iter()
+        .map(BackendKind::name)
+        .collect();
+    names.join(", ")
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Work that runs on whichever backend the user picked.
 pub trait BackendJob {
@@ -24,15 +43,25 @@ macro_rules! backends {
             pub type $alias = $ty;
         )+
 
-        /// A backend compiled into this build (`--backend`).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+        /// A backend compiled into this build, by its feature's name (`--backend`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum BackendKind {
             $(
                 #[cfg(feature = $feature)]
                 #[doc = concat!("`", $feature, "`")]
-                #[value(name = $feature)]
                 $variant,
             )+
+        }
+
+        impl std::str::FromStr for BackendKind {
+            type Err = UnknownBackend;
+
+            fn from_str(s: &str) -> Result<Self, UnknownBackend> {
+                Self::compiled()
+                    .into_iter()
+                    .find(|b| b.name() == s)
+                    .ok_or_else(|| UnknownBackend(s.to_string()))
+            }
         }
 
         impl BackendKind {

@@ -1,6 +1,7 @@
-//! `sinew encode`: texts in, token ids and hidden states out.
+//! Texts in, token ids, hidden states, logits and fusion attentions out: what `sinew encode`
+//! writes, and the JSON it writes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -8,9 +9,7 @@ use serde::Serialize;
 use sinew_backbone::FusedOps;
 
 use crate::adapter::HeadLogits;
-use crate::backbone::files::write_atomic_with;
-use crate::backbone::{Pretrained, TextTokenizer, TokenBatch};
-use crate::backend::BackendJob;
+use crate::backbone::{TextTokenizer, TokenBatch};
 use crate::fusion::AdapterModel;
 
 /// The JSON `sinew encode` writes; every array is row-major, padded positions included.
@@ -209,33 +208,6 @@ pub fn encode_texts<B: FusedOps>(
     Ok(out)
 }
 
-/// Everything `sinew encode` needs, run on the chosen backend.
-#[derive(Debug, Clone)]
-pub struct EncodeJob {
-    /// The model folder.
-    pub model: PathBuf,
-    /// One text per line.
-    pub input: PathBuf,
-    /// Where the JSON goes.
-    pub output: PathBuf,
-    /// Truncation length; `None` is the model's limit.
-    pub max_len: Option<usize>,
-    /// Texts per forward pass.
-    pub batch_size: usize,
-    /// Adapter folders (AdapterHub layout) to load.
-    pub adapters: Vec<PathBuf>,
-    /// Fusion folders (AdapterHub's `save_adapter_fusion` layout), loaded after the adapters.
-    pub fusions: Vec<PathBuf>,
-    /// Head folders (AdapterHub's `save_head` layout), loaded last.
-    pub heads: Vec<PathBuf>,
-    /// The setup to activate (default: the only fusion, or the only adapter, loaded).
-    pub setup: Option<String>,
-    /// Reproduce AdapterHub's behaviour where sinew corrects it (see `sinew_fusion`).
-    pub adapterhub_semantics: bool,
-    /// Where to draw the mean fusion attention per layer × adapter (.png or .svg).
-    pub fusion_plot: Option<PathBuf>,
-}
-
 /// Mean fusion attention over the real tokens of every text: rows `(label, [per adapter])`,
 /// by layer (the FFN's fusion after the attention's).
 pub fn mean_fusion_attentions(encoded: &Encoded) -> Vec<(String, Vec<f32>)> {
@@ -271,64 +243,4 @@ pub fn mean_fusion_attentions(encoded: &Encoded) -> Vec<(String, Vec<f32>)> {
         .collect();
     rows.sort_by_key(|(layer, ffn, _, _)| (*layer, *ffn));
     rows.into_iter().map(|(_, _, l, m)| (l, m)).collect()
-}
-
-impl BackendJob for EncodeJob {
-    type Output = usize;
-
-    fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<usize> {
-        let texts = read_texts(&self.input)?;
-        let pretrained = Pretrained::<B>::load(&self.model, self.max_len, device)?;
-        let mut model = AdapterModel::new(pretrained.model, pretrained.config);
-        for dir in &self.adapters {
-            model.load_adapter(dir, device)?;
-        }
-        let mut fusions = Vec::new();
-        for dir in &self.fusions {
-            fusions.push(model.load_fusion(dir, device)?);
-        }
-        for dir in &self.heads {
-            model.load_head(dir, device)?;
-        }
-        if self.adapterhub_semantics {
-            model.set_semantics(crate::fusion::Semantics::AdapterHub);
-        }
-        let setup = match (&self.setup, model.adapter_names(), fusions.as_slice()) {
-            (Some(setup), _, _) => Some(setup.clone()),
-            (None, _, [fusion]) => Some(format!("Fuse({fusion})")),
-            (None, [only], []) => Some(only.clone()),
-            (None, [], []) => None,
-            (None, names, _) => bail!(
-                "several adapters loaded ({}): choose one with --setup",
-                names.join(", ")
-            ),
-        };
-        model.set_active(setup.as_deref())?;
-        let encoded = encode_texts(
-            &model,
-            &pretrained.tokenizer,
-            &texts,
-            self.batch_size,
-            device,
-        )?;
-        write_atomic_with(&self.output, |w| {
-            serde_json::to_writer(w, &encoded).map_err(std::io::Error::other)
-        })?;
-        if let Some(path) = &self.fusion_plot {
-            let Some(crate::fusion::Setup::Fuse(children)) = model.active() else {
-                bail!("--fusion-plot needs a Fuse(…) setup");
-            };
-            let adapters: Vec<String> = children.iter().map(ToString::to_string).collect();
-            let (rows, values): (Vec<String>, Vec<Vec<f32>>) =
-                mean_fusion_attentions(&encoded).into_iter().unzip();
-            crate::plot::heatmap(
-                path,
-                "mean fusion attention per layer",
-                &rows,
-                &adapters,
-                &values,
-            )?;
-        }
-        Ok(texts.len())
-    }
 }

@@ -1,29 +1,30 @@
 //! sinew: train, compose and serve adapters on a frozen pretrained transformer, on Burn.
 //!
-//! This facade re-exports the workspace crates and holds what the `sinew` binary runs:
+//! This facade re-exports the workspace crates; the `sinew` command line is the binary's own.
 //! - [`kernels`]: the fused ops of the frozen transformer (a Burn backend extension);
 //! - [`backbone`]: the BERT-family encoder, HF loading, tokenizer, hook points;
 //! - [`adapter`], [`fusion`], [`trainer`]: adapter methods, composition, training;
-//! - [`backend`]: the Burn backends compiled in and how the CLI picks one;
-//! - [`bench`]: `sinew bench`, the standard works timed (shared with the criterion benches);
-//! - [`encode`]: the `sinew encode` job;
-//! - [`inspect`]: `sinew inspect`, a summary of an adapter folder;
-//! - [`merge`]: the `sinew merge` job;
-//! - [`run`]: `sinew train`, `fuse`, `eval` and `predict` (run specs, run folders);
-//! - [`demo`]: `sinew demo`, the main job;
-//! - [`plot`]: pictures (the fusion-attention heatmap, training curves, accuracy bars).
+//! - [`data`]: the default model and the task suite fetched from registries, users' tables;
+//! - [`backend`]: the Burn backends compiled in, and running work on the one picked;
+//! - [`encode`]: texts through the active setup, into hidden states, logits and attentions;
+//! - [`works`]: the standard works `sinew bench` and the criterion benches time.
+//!
+//! The types most programs build with are re-exported at the top: load a [`Pretrained`]
+//! backbone, wrap it in an [`AdapterModel`], add or load adapters ([`MethodConfig`]) and heads
+//! ([`HeadConfig`]), activate a [`Setup`], run it or [`train`](trainer::train::train) it.
 
 pub use sinew_adapter as adapter;
 pub use sinew_backbone as backbone;
+pub use sinew_data as data;
 pub use sinew_fusion as fusion;
 pub use sinew_kernels as kernels;
 pub use sinew_trainer as trainer;
 
 pub mod backend;
-pub mod bench;
-pub mod demo;
 pub mod encode;
-pub mod inspect;
-pub mod merge;
-pub mod plot;
-pub mod run;
+pub mod works;
+
+pub use sinew_adapter::{AdapterError, HeadConfig, MethodConfig};
+pub use sinew_backbone::{BackboneError, Pretrained};
+pub use sinew_fusion::{AdapterModel, FusionError, FusionId, Setup};
+pub use sinew_trainer::train::{TrainConfig, TrainError};

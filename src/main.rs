@@ -4,14 +4,17 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sinew::backbone::assets;
 use sinew::backend::BackendKind;
-use sinew::bench::{BenchJob, Work};
-use sinew::demo::Demo;
-use sinew::encode::EncodeJob;
+use sinew::data::assets;
 use sinew::fusion::{MergeMethod, MergeOptions};
-use sinew::merge::MergeJob;
-use sinew::run::{DataSpec, EvalJob, Method, PredictJob, RunSpec, TrainJob};
+
+use cli::bench::{BenchJob, Work};
+use cli::demo::Demo;
+use cli::encode::EncodeJob;
+use cli::merge::MergeJob;
+use cli::run::{DataSpec, EvalJob, Method, PredictJob, RunSpec, TrainJob};
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -53,7 +56,7 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
         /// Burn backend to run on (default: the fastest CPU backend compiled in).
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, default_value_t)]
         backend: BackendKind,
         /// Truncate inputs at N tokens (default: the model's maximum positions).
         #[arg(long)]
@@ -110,7 +113,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
         /// Burn backend to run on (default: the fastest CPU backend compiled in).
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, default_value_t)]
         backend: BackendKind,
     },
     /// Label every line of a text file with a trained run (JSONL: text, label, probabilities).
@@ -131,7 +134,7 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
         /// Burn backend to run on (default: the fastest CPU backend compiled in).
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, default_value_t)]
         backend: BackendKind,
     },
     /// Time a standard work (the criterion benches' works and inputs) on this machine and
@@ -160,7 +163,7 @@ enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
         /// Burn backend to run on (default: the fastest CPU backend compiled in).
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, default_value_t)]
         backend: BackendKind,
     },
     /// Merge LoRA (or IA3) adapters in weight space into a new adapter folder.
@@ -193,7 +196,7 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
         /// Burn backend to run on (default: the fastest CPU backend compiled in).
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, default_value_t)]
         backend: BackendKind,
     },
 }
@@ -289,7 +292,7 @@ struct TrainArgs {
     #[arg(long)]
     resume: bool,
     /// Burn backend to run on (default: the fastest CPU backend compiled in).
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value_t)]
     backend: BackendKind,
 }
 
@@ -387,8 +390,23 @@ fn main() {
         .without_time()
         .init();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {e:#}{}", option_hint(&e));
         std::process::exit(1);
+    }
+}
+
+/// The library says what went wrong; the binary adds which option sets it.
+fn option_hint(e: &anyhow::Error) -> &'static str {
+    let max_len = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<sinew::backbone::BackboneError>(),
+            Some(sinew::backbone::BackboneError::MaxLen { .. })
+        )
+    });
+    if max_len {
+        " (lower --max-len)"
+    } else {
+        ""
     }
 }
 
@@ -398,16 +416,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = assets::fetch_default_model()?;
             println!("{}", dir.display());
             let all = tasks.iter().any(|t| t == "all");
-            let chosen: Vec<&sinew::trainer::tasks::Task> = if all {
-                sinew::trainer::tasks::TASKS.iter().collect()
+            let chosen: Vec<&sinew::data::tasks::Task> = if all {
+                sinew::data::tasks::TASKS.iter().collect()
             } else {
                 tasks
                     .iter()
-                    .map(|t| sinew::trainer::tasks::task(t))
+                    .map(|t| sinew::data::tasks::task(t))
                     .collect::<Result<_, _>>()?
             };
             for task in chosen {
-                let manifest = sinew::trainer::data::prepare(task, seed)?;
+                let manifest = sinew::data::splits::prepare(task, seed)?;
                 let count = |s: &str| manifest.splits.get(s).map_or(0, |i| i.count);
                 println!(
                     "{}: {} labels, train {} / dev {} / test {} ({})",
@@ -416,7 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     count("train"),
                     count("dev"),
                     count("test"),
-                    sinew::trainer::data::task_dir(task.name).display()
+                    sinew::data::splits::task_dir(task.name).display()
                 );
             }
         }
@@ -462,7 +480,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             eprintln!("labelled {n} texts into {}", output.display());
         }
-        Command::Inspect { dir } => print!("{}", sinew::inspect::describe(&dir)?),
+        Command::Inspect { dir } => print!("{}", cli::inspect::describe(&dir)?),
         Command::Bench {
             work,
             adapter,

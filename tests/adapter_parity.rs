@@ -87,7 +87,7 @@ fn parity<B: FusedOps>() {
         // pass's either way.
         let fast = model.logits(&input).unwrap();
         let positions = fast.encoded.last_hidden_state.dims()[1];
-        let gated = model.adapters.last().unwrap().mixes_positions();
+        let gated = model.adapter(name).unwrap().mixes_positions();
         match text_logits {
             Some(full) => {
                 assert_eq!(
@@ -131,7 +131,7 @@ fn ejected_prefix_matches_adapterhub() {
     model.eject_prefix("prefix").unwrap();
     let saved = tempfile::tempdir().unwrap();
     model.save_adapter(saved.path(), "prefix", true).unwrap();
-    let mut reloaded = AdapterModel::new(model.backbone.clone(), pretrained.config.clone());
+    let mut reloaded = AdapterModel::new(model.backbone().clone(), pretrained.config.clone());
     reloaded.load_adapter(saved.path(), &device).unwrap();
     for (what, m) in [("ejected", &mut model), ("reloaded", &mut reloaded)] {
         m.set_active(Some("prefix")).unwrap();
@@ -158,7 +158,7 @@ fn merge_roundtrip<B: FusedOps>() {
         .to_input::<B>(&device);
     let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
     let weights = |m: &AdapterModel<B>| {
-        let layer = &m.backbone.encoder.layer[0];
+        let layer = &m.backbone().encoder.layer[0];
         [
             &layer.attention.self_attention.value,
             &layer.intermediate.dense,
@@ -224,7 +224,7 @@ fn a_merged_adapter_is_unmerged_when_another_setup_runs() {
         model.load_adapter(&dir.join(name), &device).unwrap();
     }
     let weights = |m: &AdapterModel<B>| {
-        m.backbone.encoder.layer[0]
+        m.backbone().encoder.layer[0]
             .attention
             .self_attention
             .value

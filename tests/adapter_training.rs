@@ -112,7 +112,7 @@ fn gradients_match<Ab: FusedAutodiff>() {
         );
         let grads = loss.backward();
         for (key, want) in &case.grads {
-            let got: Vec<f32> = match (&model.adapters[0], key.as_str()) {
+            let got: Vec<f32> = match (model.adapter(name).unwrap(), key.as_str()) {
                 (Adapter::Bottleneck(a), k) if k.contains("layer.0.output") => grad_of(
                     &a.output[0].as_ref().unwrap().adapter_down.weight,
                     &grads,
@@ -129,7 +129,7 @@ fn gradients_match<Ab: FusedAutodiff>() {
                     grad_of(bias, &grads, false)
                 }
                 (Adapter::Bottleneck(_), k) if k.starts_with("heads.") => {
-                    grad_of(&model.heads[0].layers[1].weight, &grads, true)
+                    grad_of(&model.head(name).unwrap().layers[1].weight, &grads, true)
                 }
                 (Adapter::Lora(a), k) if k.contains("query") => grad_of(
                     a.query[0].as_ref().unwrap().lora_a.as_ref().unwrap(),
@@ -226,7 +226,7 @@ fn frozen_parameters_get_no_gradient_and_keep_their_bytes() {
     let (mut model, input, labels) = setup::<A>(&["seq_bn", "lora"], "seq_bn");
     let (trainable, total) = model.param_counts();
     let seq_params = model.adapter_params("seq_bn").unwrap();
-    let head_params = model.heads[0].num_params();
+    let head_params = model.head("seq_bn").unwrap().num_params();
     assert_eq!(
         trainable,
         seq_params + head_params,
@@ -235,18 +235,18 @@ fn frozen_parameters_get_no_gradient_and_keep_their_bytes() {
     assert!(total > 22_000_000, "{total}");
 
     let grads = loss(&model, &input, &labels).backward();
-    let (with, without) = presence(&model.backbone, &grads);
+    let (with, without) = presence(model.backbone(), &grads);
     assert_eq!((with, without > 0), (0, true), "backbone: no gradients");
-    let (with, _) = presence(&model.adapters[1], &grads);
+    let (with, _) = presence(model.adapter("lora").unwrap(), &grads);
     assert_eq!(with, 0, "the other adapter: no gradients");
-    let (_, without) = presence(&model.adapters[0], &grads);
+    let (_, without) = presence(model.adapter("seq_bn").unwrap(), &grads);
     assert_eq!(without, 0, "every seq_bn parameter has a gradient");
-    let (_, without) = presence(&model.heads[0], &grads);
+    let (_, without) = presence(model.head("seq_bn").unwrap(), &grads);
     assert_eq!(without, 0, "every head parameter has a gradient");
 
     let bytes = |m: &AdapterModel<A>| {
-        let layer = &m.backbone.encoder.layer[3];
-        let Adapter::Lora(lora) = &m.adapters[1] else {
+        let layer = &m.backbone().encoder.layer[3];
+        let Some(Adapter::Lora(lora)) = m.adapter("lora") else {
             unreachable!()
         };
         [
@@ -258,7 +258,7 @@ fn frozen_parameters_get_no_gradient_and_keep_their_bytes() {
                 .into_data()
                 .to_vec::<f32>()
                 .unwrap(),
-            m.backbone
+            m.backbone()
                 .embeddings
                 .word_embeddings
                 .weight
@@ -277,7 +277,7 @@ fn frozen_parameters_get_no_gradient_and_keep_their_bytes() {
         ]
     };
     let trained = |m: &AdapterModel<A>| {
-        let Adapter::Bottleneck(a) = &m.adapters[0] else {
+        let Some(Adapter::Bottleneck(a)) = m.adapter("seq_bn") else {
             unreachable!()
         };
         a.output[0]

@@ -4,8 +4,8 @@
 mod common;
 
 use common::fixture_path;
-use sinew::trainer::data::{read_split, write_splits};
-use sinew::trainer::tasks::{
+use sinew::data::splits::{read_split, write_splits};
+use sinew::data::tasks::{
     self, parse_labelled_csv, parse_orange_tab, parse_rotten, parse_sms_spam,
     parse_spam_assassin_message, parse_trec, parse_vader, Archive, Rotten, Source, TASKS,
 };

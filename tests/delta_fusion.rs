@@ -88,7 +88,7 @@ fn delta_fusion_gradients_match_finite_differences() {
         .unwrap();
     model.train_fusion(&name, false).unwrap();
     // Weights away from the near-uniform start, so every parameter matters.
-    let layer = model.fusions[0].output[4]
+    let layer = model.fusion_mut(&name).unwrap().output[4]
         .as_mut()
         .expect("FFN fusion at layer 4");
     let random = |shape: [usize; 2], std: f64| {
@@ -116,7 +116,7 @@ fn delta_fusion_gradients_match_finite_differences() {
     type Pick = fn(&mut AdapterModel<A>) -> &mut Param<Tensor<A, 2>>;
     let picks: [(&str, Pick); 2] = [
         ("query.weight", |m| {
-            &mut m.fusions[0].output[4]
+            &mut m.fusion_mut(["lora_all", "ia3"]).unwrap().output[4]
                 .as_mut()
                 .unwrap()
                 .query
@@ -125,7 +125,7 @@ fn delta_fusion_gradients_match_finite_differences() {
                 .weight
         }),
         ("value.weight", |m| {
-            &mut m.fusions[0].output[4]
+            &mut m.fusion_mut(["lora_all", "ia3"]).unwrap().output[4]
                 .as_mut()
                 .unwrap()
                 .value
@@ -170,7 +170,7 @@ fn delta_fusion_gradients_match_finite_differences() {
         );
     }
     // The frozen backbone and adapters got none.
-    let q = &model.backbone.encoder.layer[0]
+    let q = &model.backbone().encoder.layer[0]
         .attention
         .self_attention
         .query;

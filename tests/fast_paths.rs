@@ -211,10 +211,10 @@ fn parallel_runs_the_shared_layers_once() {
     for name in ["a", "b"] {
         model.add_adapter(name, upper_half(), &device).unwrap();
     }
-    model.adapters = std::mem::take(&mut model.adapters)
-        .into_iter()
-        .map(|a| a.map(&mut Jitter))
-        .collect();
+    for name in ["a", "b"] {
+        let adapter = model.adapter_mut(name).unwrap();
+        *adapter = adapter.clone().map(&mut Jitter);
+    }
     let texts = [
         "The parallel block shares the frozen layers below its adapters.",
         "Two tasks, one pass.",
@@ -248,7 +248,7 @@ fn parallel_runs_the_shared_layers_once() {
         inner: Composition::new(&model, &setup, Default::default(), false),
         rows: Vec::new(),
     };
-    let both = model.backbone.forward_with(&input, &mut rows);
+    let both = model.backbone().forward_with(&input, &mut rows);
     let per_layer: Vec<(usize, usize)> = (0..6)
         .map(|l| (l, if l <= 3 { n } else { 2 * n }))
         .collect();

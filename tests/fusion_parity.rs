@@ -121,7 +121,7 @@ fn setups_match<Bk: FusedOps>() {
     let (mut model, input) = loaded::<Bk>(&model_dir());
     // Average's 1/N is AdapterHub's; the other cases do not depend on the semantics.
     model.set_semantics(Semantics::AdapterHub);
-    let plain = values(model.backbone.forward(&input).last_hidden_state);
+    let plain = values(model.backbone().forward(&input).last_hidden_state);
     let out = outputs();
     assert_eq!(out.cases.len(), 7);
     for (name, case) in &out.cases {
@@ -245,8 +245,9 @@ fn first_position_logits_equal_the_full_pass() {
             .init(&device)
             .forward(logits, labels.clone())
             .backward();
-        let layer = model.fusions[0].at(5, SubLayer::FeedForward).unwrap();
-        let lower = model.fusions[0].at(0, SubLayer::FeedForward).unwrap();
+        let fusion = model.fusion("seq_a,seq_b").unwrap();
+        let layer = fusion.at(5, SubLayer::FeedForward).unwrap();
+        let lower = fusion.at(0, SubLayer::FeedForward).unwrap();
         [layer, lower]
             .iter()
             .flat_map(|l| [&l.query, &l.key, &l.value])
@@ -363,8 +364,7 @@ fn fusion_gradients_match<Ab: FusedAutodiff>() {
             want.loss
         );
         let grads = loss.backward();
-        let index = if case == "fuse_dynamic" { 0 } else { 1 }; // in the order loaded
-        let fusion_module = &model.fusions[index];
+        let fusion_module = model.fusion(fusion).unwrap();
         for (key, grad) in &want.grads {
             let layer: usize = key.split('.').nth(3).unwrap().parse().unwrap();
             let site = if key.contains("attention.output") {
@@ -411,7 +411,7 @@ fn fusion_gradients_match<Ab: FusedAutodiff>() {
         }
         assert!(!want.grads.is_empty(), "{case}: gradients to compare");
         // Frozen: the backbone and the adapters get no gradient.
-        let layer = &model.backbone.encoder.layer[0]
+        let layer = &model.backbone().encoder.layer[0]
             .attention
             .self_attention
             .query;
@@ -419,7 +419,7 @@ fn fusion_gradients_match<Ab: FusedAutodiff>() {
             layer.weight.grad(&grads).is_none(),
             "{case}: backbone frozen"
         );
-        let sinew::adapter::Adapter::Bottleneck(a) = &model.adapters[0] else {
+        let Some(sinew::adapter::Adapter::Bottleneck(a)) = model.adapter("seq_a") else {
             panic!("bottleneck")
         };
         let down = &a.output[0].as_ref().unwrap().adapter_down.weight;
@@ -457,7 +457,7 @@ fn saved_fusion_reads_back() {
     let (mut fresh, _) = loaded::<B>(&model_dir());
     let device = Default::default();
     // Same name: load the saved copy into a model without the fixture's fusion.
-    let mut other = AdapterModel::new(fresh.backbone.clone(), fresh.config().clone());
+    let mut other = AdapterModel::new(fresh.backbone().clone(), fresh.config().clone());
     for name in ["seq_a", "seq_b"] {
         other
             .load_adapter(&fixture_path("fusion/adapters").join(name), &device)
@@ -475,7 +475,7 @@ fn saved_fusion_reads_back() {
     );
     assert!(diff <= 1e-6, "{diff}");
     // A fusion whose adapters are missing is refused by name.
-    fresh = AdapterModel::new(fresh.backbone.clone(), fresh.config().clone());
+    fresh = AdapterModel::new(fresh.backbone().clone(), fresh.config().clone());
     let err = fresh
         .load_fusion(dir.path(), &device)
         .unwrap_err()
@@ -670,7 +670,7 @@ fn routed_training_and_unfrozen_adapters() {
     model.train_adapter("seq_a").unwrap();
     let tasks = ["seq_b", "seq_a", "seq_b", "seq_a"];
     let bias = |m: &AdapterModel<A>| {
-        let sinew::adapter::Adapter::Bottleneck(a) = &m.adapters[0] else {
+        let Some(sinew::adapter::Adapter::Bottleneck(a)) = m.adapter("seq_a") else {
             panic!("seq_a is a bottleneck")
         };
         a.output[5]
@@ -722,7 +722,7 @@ fn routed_training_and_unfrozen_adapters() {
         bias(&model).grad(&grads).is_some(),
         "unfrozen adapters are trained"
     );
-    let q = &model.backbone.encoder.layer[0]
+    let q = &model.backbone().encoder.layer[0]
         .attention
         .self_attention
         .query;

@@ -22,11 +22,11 @@ use sinew::adapter::tensors::TensorFile;
 use sinew::adapter::{HeadConfig, MethodConfig};
 use sinew::backbone::{BertConfig, TextTokenizer};
 use sinew::backend::NdArrayBackend;
+use sinew::data::table::{load, Columns};
+use sinew::data::tasks::Example;
 use sinew::fusion::{AdapterModel, Setup};
 use sinew::trainer::batching::{tokenize, tokenize_cached};
 use sinew::trainer::checkpoint::{Checkpoint, Progress};
-use sinew::trainer::table::{load, Columns};
-use sinew::trainer::tasks::Example;
 
 type B = NdArrayBackend;
 type A = Autodiff<NdArrayBackend>;
@@ -256,7 +256,9 @@ fn setup_expressions() {
                         .then_some(())
                         .ok_or(format!("`{text}` → `{setup}` → `{again}`"))
                 }
-                Err(e) if e.is_empty() || e.contains('\n') => Err(format!("bad error `{e}`")),
+                Err(e) if e.to_string().is_empty() || e.to_string().contains('\n') => {
+                    Err(format!("bad error `{e}`"))
+                }
                 Err(_) => Ok(()),
             }
         },

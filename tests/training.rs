@@ -10,11 +10,11 @@ use common::{fixture_path, model_without_dropout};
 use sinew::adapter::bottleneck::BnConfig;
 use sinew::adapter::{HeadConfig, MethodConfig};
 use sinew::backbone::Pretrained;
+use sinew::data::tasks::{parse_trec, Example};
 use sinew::fusion::AdapterModel;
 use sinew::trainer::batching::{collate, tokenize, tokenize_cached};
 use sinew::trainer::checkpoint::Checkpoint;
 use sinew::trainer::metrics::scores;
-use sinew::trainer::tasks::{parse_trec, Example};
 use sinew::trainer::train::{
     predict, train, Observer, Regime, StepLog, TaskData, TrainConfig, TrainError,
 };
@@ -63,7 +63,7 @@ fn a_few_steps_lower_the_loss_and_leave_the_backbone_alone() {
     };
     model.add_head("trec", head, &device).unwrap();
     let weight = |m: &AdapterModel<A>| {
-        m.backbone.encoder.layer[3]
+        m.backbone().encoder.layer[3]
             .intermediate
             .dense
             .weight
@@ -179,11 +179,14 @@ fn baselines_train_the_head_or_everything() {
         patience: 100,
         ..TrainConfig::default()
     };
-    let backbone = |m: &AdapterModel<A>| flat_params(&m.backbone.encoder.layer[2]);
+    let backbone = |m: &AdapterModel<A>| flat_params(&m.backbone().encoder.layer[2]);
     for full in [false, true] {
         let (mut model, _) = multi_task_model(&tasks);
-        let (before, head_before) = (backbone(&model), flat_params(&model.heads[0]));
-        let adapter_before = flat_params(&model.adapters[0]);
+        let (before, head_before) = (
+            backbone(&model),
+            flat_params(model.head(&tasks[0].name).unwrap()),
+        );
+        let adapter_before = flat_params(model.adapter(&tasks[0].name).unwrap());
         let outcome = train(
             &mut model,
             &Regime::Head { backbone: full },
@@ -193,9 +196,13 @@ fn baselines_train_the_head_or_everything() {
             &mut (),
         )
         .unwrap();
-        assert_ne!(flat_params(&model.heads[0]), head_before, "the head trains");
+        assert_ne!(
+            flat_params(model.head(&tasks[0].name).unwrap()),
+            head_before,
+            "the head trains"
+        );
         assert_eq!(
-            flat_params(&model.adapters[0]),
+            flat_params(model.adapter(&tasks[0].name).unwrap()),
             adapter_before,
             "no adapter is used"
         );

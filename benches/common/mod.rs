@@ -5,10 +5,11 @@
 
 use sinew::adapter::bottleneck::BnConfig;
 use sinew::adapter::MethodConfig;
-use sinew::backbone::{assets, FusedOps, TextTokenizer};
+use sinew::backbone::{FusedOps, TextTokenizer};
+use sinew::data::assets;
 use sinew::fusion::AdapterModel;
 
-pub use sinew::bench::{inputs as texts_input, step, task};
+pub use sinew::works::{inputs as texts_input, step, task};
 
 /// The backbone with `adapters` seq_bn adapters named `a0`, `a1`, … (heads included), truncating
 /// at `tokens`.
@@ -31,5 +32,5 @@ pub fn model_of<B: FusedOps>(
     method: BnConfig,
 ) -> (AdapterModel<B>, TextTokenizer) {
     let dir = assets::ensure_default_model().expect("fetch the model: cargo run -- fetch");
-    sinew::bench::model(&dir, &MethodConfig::Bottleneck(method), adapters, tokens).unwrap()
+    sinew::works::model(&dir, &MethodConfig::Bottleneck(method), adapters, tokens).unwrap()
 }

@@ -17,7 +17,7 @@ pub fn model_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| match std::env::var_os("SINEW_MODEL_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => sinew::backbone::assets::ensure_default_model()
+        None => sinew::data::assets::ensure_default_model()
             .expect("the real model is needed: run `sinew fetch` (or set SINEW_MODEL_DIR)"),
     })
     .clone()

@@ -6,9 +6,9 @@ use sinew::adapter::bottleneck::BnConfig;
 use sinew::adapter::{HeadConfig, MethodConfig};
 use sinew::backbone::Pretrained;
 use sinew::backend::NdArrayBackend;
+use sinew::data::tasks::{parse_sms_spam, parse_trec};
 use sinew::fusion::AdapterModel;
 use sinew::trainer::batching::tokenize;
-use sinew::trainer::tasks::{parse_sms_spam, parse_trec};
 use sinew::trainer::train::TaskData;
 
 use super::fixture_path;
@@ -84,11 +84,11 @@ pub fn adapter_weights(model: &AdapterModel<A>) -> Vec<f32> {
     let mut copy = model.clone();
     sinew::trainer::checkpoint::restore_from_bytes(&mut copy, bytes).unwrap();
     let mut out = Vec::new();
-    for adapter in &copy.adapters {
-        out.extend(flat_params(adapter));
+    for name in copy.adapter_names() {
+        out.extend(flat_params(copy.adapter(name).unwrap()));
     }
-    for head in &copy.heads {
-        out.extend(flat_params(head));
+    for name in copy.head_names() {
+        out.extend(flat_params(copy.head(name).unwrap()));
     }
     out
 }

@@ -29,9 +29,9 @@ pub enum Activation {
 }
 
 impl TryFrom<String> for Activation {
-    type Error = String;
+    type Error = crate::ConfigError;
 
-    fn try_from(name: String) -> Result<Self, String> {
+    fn try_from(name: String) -> Result<Self, Self::Error> {
         Ok(match name.to_ascii_lowercase().as_str() {
             "relu" => Self::Relu,
             "swish" | "silu" => Self::Silu,
@@ -41,7 +41,12 @@ impl TryFrom<String> for Activation {
             "sigmoid" => Self::Sigmoid,
             "leakyrelu" => Self::LeakyRelu,
             "" | "none" | "linear" | "identity" => Self::Identity,
-            other => return Err(format!("unknown activation `{other}`")),
+            other => {
+                return Err(crate::ConfigError::invalid(
+                    "activation",
+                    format!("`{other}` is unknown"),
+                ))
+            }
         })
     }
 }
@@ -115,6 +120,7 @@ mod tests {
             .assert_approx_eq::<f32>(&TensorData::from(expected), Tolerance::absolute(1e-6));
         assert!(Activation::try_from("mish".to_string())
             .unwrap_err()
+            .to_string()
             .contains("mish"));
     }
 }

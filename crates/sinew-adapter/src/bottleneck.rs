@@ -19,7 +19,8 @@ use sinew_backbone::{kernels, BertConfig, Hooks, SubLayer};
 use sinew_backbone::{LayerNorm, LayerNormConfig};
 
 use crate::activation::Activation;
-use crate::method::{Method, MethodSpec};
+use crate::error::ConfigError;
+use crate::method::{Composes, Method, MethodSpec};
 use crate::tensors::{TensorFile, TensorSink};
 
 /// `reduction_factor`: one number, or a map from layer index (and `"default"`) to a number.
@@ -34,7 +35,7 @@ pub enum ReductionFactor {
 
 impl ReductionFactor {
     /// The factor at `layer`.
-    pub fn at(&self, layer: usize) -> Result<f64, String> {
+    pub fn at(&self, layer: usize) -> Result<f64, ConfigError> {
         match self {
             Self::Uniform(f) => Ok(*f),
             Self::PerLayer(map) => map
@@ -42,7 +43,10 @@ impl ReductionFactor {
                 .or_else(|| map.get("default"))
                 .copied()
                 .ok_or_else(|| {
-                    format!("reduction_factor has no entry for layer {layer} and no \"default\"")
+                    ConfigError::invalid(
+                        "reduction_factor",
+                        format!("has no entry for layer {layer} and no \"default\""),
+                    )
                 }),
         }
     }
@@ -224,22 +228,55 @@ impl BnConfig {
     }
 
     /// Bottleneck width at `layer` (AdapterHub: `int(hidden // factor)`, at least 1).
-    pub fn width(&self, hidden: usize, layer: usize) -> Result<usize, String> {
+    pub fn width(&self, hidden: usize, layer: usize) -> Result<usize, ConfigError> {
         let factor = self.reduction_factor.at(layer)?;
         if factor <= 0.0 {
-            return Err(format!("reduction_factor {factor} must be positive"));
+            return Err(ConfigError::invalid(
+                "reduction_factor",
+                format!("= {factor} must be positive"),
+            ));
         }
         // AdapterHub allows factors below 1 (a wider bottleneck); past 64× the hidden size it is
         // a broken config, not an adapter (and would overflow the weights' shapes).
         if factor < 1.0 / 64.0 {
-            return Err(format!("reduction_factor {factor} is below 1/64"));
+            return Err(ConfigError::invalid(
+                "reduction_factor",
+                format!("= {factor} is below 1/64"),
+            ));
         }
         Ok(((hidden as f64 / factor).floor() as usize).max(1))
     }
 }
 
 impl MethodSpec for BnConfig {
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![
+            ("seq_bn", Self::seq_bn()),
+            ("double_seq_bn", Self::double_seq_bn()),
+            ("par_bn", Self::par_bn()),
+            ("scaled_par_bn", Self::scaled_par_bn()),
+        ]
+    }
+
     const ARCHITECTURE: &'static str = "bottleneck";
+
+    fn summary(&self) -> String {
+        format!(
+            "bottleneck ({}, {}, reduction {}, {})",
+            if self.is_parallel {
+                "parallel"
+            } else {
+                "sequential"
+            },
+            match (self.mh_adapter, self.output_adapter) {
+                (true, true) => "after attention and FFN",
+                (true, false) => "after attention",
+                _ => "after FFN",
+            },
+            serde_json::to_string(&self.reduction_factor).expect("numbers serialise"),
+            String::from(self.non_linearity),
+        )
+    }
     /// Compacter (phm), invertible and cross adapters: accepted at their defaults only.
     const WRITTEN_DEFAULTS: &'static [(&'static str, &'static str)] = &[
         ("phm_layer", "false"),
@@ -261,7 +298,9 @@ impl MethodSpec for BnConfig {
     ];
 
     /// Rejects the AdapterHub options sinew does not implement, naming the key.
-    fn check_supported(raw: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+    fn check_supported(
+        raw: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ConfigError> {
         let off = |key: &str, default: serde_json::Value| {
             raw.get(key).is_some_and(|v| !v.is_null() && *v != default)
         };
@@ -272,13 +311,13 @@ impl MethodSpec for BnConfig {
             ("stochastic_depth", serde_json::json!(0.0)),
         ] {
             if off(key, default) {
-                return Err(format!("`{key}` = {} is not supported", raw[key]));
+                return Err(ConfigError::unsupported(key, &raw[key]));
             }
         }
         Ok(())
     }
 
-    fn validate(&self, model: Option<&BertConfig>) -> Result<(), String> {
+    fn validate(&self, model: Option<&BertConfig>) -> Result<(), ConfigError> {
         crate::method::probability("dropout", self.dropout)?;
         if let Some(model) = model {
             for layer in (0..model.num_hidden_layers).filter(|l| !self.leave_out.contains(l)) {
@@ -688,6 +727,14 @@ impl<B: FusedOps> Method<B> for BottleneckAdapter<B> {
             .any(|b| b.gate.is_some())
     }
 
+    fn composes(&self) -> Composes {
+        Composes::Bottleneck
+    }
+
+    fn bottleneck_at(&self, layer: usize, site: SubLayer) -> Option<&Bottleneck<B>> {
+        self.at(layer, site)
+    }
+
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
         let root = model_prefix(model);
         for (location, sites) in [
@@ -720,7 +767,7 @@ impl<B: FusedOps> BottleneckAdapter<B> {
                     }
                     let width = config
                         .width(model.hidden_size, layer)
-                        .map_err(crate::AdapterError::Input)?;
+                        .map_err(crate::AdapterError::Settings)?;
                     make(site, layer, width).map(Some)
                 })
                 .collect()

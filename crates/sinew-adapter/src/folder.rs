@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use sinew_backbone::BertConfig;
 use sinew_backbone::FusedOps;
 
-use crate::error::{AdapterError, Result};
+use crate::error::{AdapterError, ConfigError, Result};
 use crate::head::{ClassificationHead, HeadConfig};
 use crate::method::Method;
 use crate::tensors::{TensorFile, TensorSink};
@@ -82,9 +82,10 @@ pub fn read_head_config(dir: &Path, model: Option<&BertConfig>) -> Result<Option
     }
     let (raw, _) = config_object(&path, model)?;
     let config: HeadConfig = serde_json::from_value(Value::Object(raw))
-        .map_err(|e| AdapterError::file(&path, format!("config: {e}")))?;
+        .map_err(|e| AdapterError::config(&path, ConfigError::Json(e.to_string())))?;
     if let Some(p) = config.dropout_prob {
-        crate::method::probability("dropout_prob", p).map_err(|e| AdapterError::file(&path, e))?;
+        crate::method::probability("dropout_prob", p)
+            .map_err(|e| AdapterError::config(&path, e))?;
     }
     Ok(Some(config))
 }
@@ -99,13 +100,8 @@ pub fn load_head<B: FusedOps>(
 ) -> Result<ClassificationHead<B>> {
     let mut file = TensorFile::read(&weights_path(dir, "model_head"))?;
     // A config the head cannot be built from is the config file's fault: name it.
-    let head =
-        ClassificationHead::load(config, model, name, &mut file, device).map_err(|e| match e {
-            AdapterError::Input(message) => {
-                AdapterError::file(&dir.join("head_config.json"), message)
-            }
-            e => e,
-        })?;
+    let head = ClassificationHead::load(config, model, name, &mut file, device)
+        .map_err(|e| e.in_file(&dir.join("head_config.json")))?;
     reject_leftovers(&file)?;
     Ok(head)
 }
@@ -131,9 +127,9 @@ pub fn save_peft_folder<B: FusedOps>(
     head: Option<(&HeadConfig, &ClassificationHead<B>)>,
 ) -> Result<()> {
     let (MethodConfig::Lora(config), Adapter::Lora(adapter)) = (config, adapter) else {
-        return Err(AdapterError::Input(format!(
-            "`{name}` is not a LoRA adapter; PEFT folders hold LoRA only"
-        )));
+        return Err(AdapterError::NotLora {
+            name: name.to_string(),
+        });
     };
     let classifier = head.filter(|(c, _)| {
         c.head_type == "classification" && c.layers == 1 && c.use_pooler && c.bias
@@ -143,8 +139,7 @@ pub fn save_peft_folder<B: FusedOps>(
         model,
         adapter.has_own_biases(),
         classifier.is_some(),
-    )
-    .map_err(AdapterError::Input)?;
+    )?;
     std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
     let mut sink = TensorSink::default();
     adapter.save(model, name, &mut sink);
@@ -200,22 +195,31 @@ pub fn config_object(
     let hidden = json.get("hidden_size").and_then(Value::as_u64);
     if let (Some(hidden), Some(model)) = (hidden, model) {
         if hidden as usize != model.hidden_size {
-            return Err(AdapterError::file(
+            let problem = format!(
+                "{hidden} does not fit the backbone's {} (the adapter was trained on another model)",
+                model.hidden_size
+            );
+            return Err(AdapterError::config(
                 path,
-                format!(
-                    "`hidden_size` {hidden} does not fit the backbone's {} (the adapter was trained on another model)",
-                    model.hidden_size
-                ),
+                ConfigError::invalid("hidden_size", problem),
             ));
         }
     }
     let name = match json.get("name") {
         Some(Value::String(n)) => n.clone(),
-        _ => return Err(AdapterError::file(path, "missing key `name`")),
+        _ => {
+            let missing = ConfigError::Missing { key: "name".into() };
+            return Err(AdapterError::config(path, missing));
+        }
     };
     match json.remove("config") {
         Some(Value::Object(config)) => Ok((config, name)),
-        _ => Err(AdapterError::file(path, "missing key `config`")),
+        _ => Err(AdapterError::config(
+            path,
+            ConfigError::Missing {
+                key: "config".into(),
+            },
+        )),
     }
 }
 
@@ -236,7 +240,7 @@ impl AdapterFolder {
         if crate::peft::is_peft(&json) {
             let layers = model.map(|m| m.num_hidden_layers);
             let config = crate::peft::config_from_peft(&json, layers)
-                .map_err(|m| AdapterError::file(&path, m))?;
+                .map_err(|e| AdapterError::config(&path, e))?;
             // PEFT folders carry no adapter name: the folder's name is used.
             let name = dir.file_name().map_or_else(
                 || "default".to_string(),
@@ -278,12 +282,12 @@ impl AdapterFolder {
             .unwrap_or("bottleneck");
         let config = MethodConfig::parse(&path, architecture, &raw, model)
             .unwrap_or_else(|| {
-                Err(format!(
-                    "`architecture` = \"{architecture}\" is not supported (sinew reads: {})",
-                    MethodConfig::ARCHITECTURES.join(", ")
-                ))
+                Err(ConfigError::Architecture {
+                    architecture: architecture.to_string(),
+                    known: MethodConfig::ARCHITECTURES,
+                })
             })
-            .map_err(|m| AdapterError::file(&path, m))?;
+            .map_err(|e| AdapterError::config(&path, e))?;
         let head = read_head_config(dir, model)?;
         Ok(Self {
             format: FolderFormat::AdapterHub,
@@ -367,9 +371,9 @@ pub fn weights_path(dir: &Path, stem: &str) -> PathBuf {
 pub fn reject_leftovers(file: &TensorFile) -> Result<()> {
     match file.remaining().next() {
         None => Ok(()),
-        Some(key) => Err(AdapterError::file(
-            file.path(),
-            format!("tensor `{key}` does not fit the adapter's config or the backbone"),
-        )),
+        Some(key) => Err(AdapterError::UnusedTensor {
+            path: file.path().to_path_buf(),
+            key: key.to_string(),
+        }),
     }
 }

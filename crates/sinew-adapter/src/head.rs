@@ -18,7 +18,7 @@ use sinew_backbone::FusedOps;
 use sinew_backbone::{BertConfig, EncoderOutput};
 
 use crate::activation::Activation;
-use crate::error::{AdapterError, Result};
+use crate::error::{AdapterError, ConfigError, Result};
 use crate::tensors::{TensorFile, TensorSink};
 
 fn yes() -> bool {
@@ -135,9 +135,11 @@ impl HeadKind {
             "multilabel_classification" => Self::MultiLabel,
             "tagging" => Self::Tagging,
             other => {
-                return Err(AdapterError::Input(format!(
-                    "head_type `{other}` is not supported (classification, multilabel_classification, tagging)"
-                )))
+                return Err(ConfigError::invalid(
+                    "head_type",
+                    format!("= \"{other}\" is not supported (classification, multilabel_classification, tagging)"),
+                )
+                .into())
             }
         })
     }
@@ -209,9 +211,12 @@ impl<B: FusedOps> ClassificationHead<B> {
     ) -> Result<Self> {
         let kind = HeadKind::of(config)?;
         if config.num_labels == 0 || config.layers == 0 {
-            return Err(AdapterError::Input(
-                "a head needs num_labels ≥ 1 and layers ≥ 1".into(),
-            ));
+            let key = if config.num_labels == 0 {
+                "num_labels"
+            } else {
+                "layers"
+            };
+            return Err(ConfigError::invalid(key, "must be at least 1").into());
         }
         let hidden = model.hidden_size;
         let layers = (0..config.layers)
@@ -222,7 +227,7 @@ impl<B: FusedOps> ClassificationHead<B> {
             })
             .collect::<Result<Vec<_>>>()?;
         let dropout = config.dropout_prob.unwrap_or(model.hidden_dropout_prob);
-        crate::method::probability("dropout_prob", dropout).map_err(AdapterError::Input)?;
+        crate::method::probability("dropout_prob", dropout)?;
         Ok(Self {
             layers,
             dropout: DropoutConfig::new(dropout).init(),
@@ -252,9 +257,10 @@ impl<B: FusedOps> ClassificationHead<B> {
             ));
         }
         let x = if self.use_pooler {
-            encoded.pooler_output.clone().ok_or_else(|| {
-                AdapterError::Input("the head reads the pooler, but the model has none".into())
-            })?
+            encoded
+                .pooler_output
+                .clone()
+                .ok_or(AdapterError::NoPooler)?
         } else {
             let [batch, _, hidden] = encoded.last_hidden_state.dims();
             encoded
@@ -306,9 +312,9 @@ impl<B: FusedOps> ClassificationHead<B> {
                     .reshape([batch * seq]);
                 Ok((picked * keep.clone()).sum().neg() / keep.sum().clamp_min(1.0))
             }
-            (kind, _, _) => Err(AdapterError::Input(format!(
-                "targets do not fit a {kind:?} head"
-            ))),
+            (kind, _, _) => Err(AdapterError::Targets {
+                kind: format!("{kind:?}"),
+            }),
         }
     }
 }
@@ -409,6 +415,10 @@ mod tests {
             serde_json::from_value(serde_json::json!({"head_type": "qa", "num_labels": 2}))
                 .unwrap();
         let err = ClassificationHead::<B>::new(&config, &model, &d).unwrap_err();
-        assert!(err.to_string().contains("head_type `qa`"), "{err}");
+        assert!(
+            matches!(&err, AdapterError::Settings(e) if e.key() == Some("head_type")),
+            "{err}"
+        );
+        assert!(err.to_string().contains("\"qa\""), "{err}");
     }
 }

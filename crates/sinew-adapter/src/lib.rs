@@ -4,6 +4,7 @@
 //! - [`bottleneck`]: `seq_bn`, `double_seq_bn`, `par_bn`, `scaled_par_bn` with AdapterHub's knobs;
 //! - [`lora`]: LoRA and IA3 (AdapterHub's `lora` architecture), merge and unmerge;
 //! - [`prefix`], [`prompt`]: prefix tuning (prepended keys/values) and prompt tuning;
+//! - [`reft`]: LoReFT, NoReFT and DiReFT (low-rank interventions on chosen positions);
 //! - [`head`]: classification, multi-label, regression and tagging heads in AdapterHub's layout;
 //! - [`folder`]: reading and writing AdapterHub's `save_adapter` folders (and PEFT's, via [`peft`]);
 //!
@@ -11,10 +12,12 @@
 //!
 //! # Adding a method
 //! Write `src/<method>.rs` with a serde config implementing [`method::MethodSpec`] (AdapterHub's
-//! field names and `architecture` value), a Burn module implementing [`method::Method`] (new,
-//! load and save with AdapterHub's keys), and `impl Hooks<B> for &YourModule` overriding the
-//! hook sites it acts at. Then add its `pub mod` and one line to the `register_methods!` list
-//! below: [`Adapter`], [`MethodConfig`], folder loading, saving and the forward pass pick it up.
+//! field names and `architecture` value, its named presets), a Burn module implementing
+//! [`method::Method`] (new, load and save with AdapterHub's keys; how it composes, fuses and
+//! merges, where it can), and `impl Hooks<B> for &YourModule` overriding the hook sites it acts
+//! at. Then add its `pub mod` and one line to the `register_methods!` list below: [`Adapter`],
+//! [`MethodConfig`] and its presets, folder loading, saving, composition, fusion and the forward
+//! pass pick it up.
 
 // `Adapter` (and the record Burn derives for it) holds a handful of adapters per model: variant
 // sizes do not matter, boxing would only add indirection.
@@ -30,9 +33,10 @@ pub mod method;
 pub mod peft;
 pub mod prefix;
 pub mod prompt;
+pub mod reft;
 pub mod tensors;
 
-pub use error::{AdapterError, Result};
+pub use error::{AdapterError, ConfigError, Result};
 pub use folder::{AdapterFolder, FolderFormat};
 pub use head::{ClassificationHead, HeadConfig, HeadKind, HeadLogits, Targets};
 pub use method::{Method, MethodSpec};
@@ -46,41 +50,26 @@ method::register_methods! {
     Prefix(prefix::PrefixTuning, prefix::PrefixTuningConfig),
     /// Prompt tuning ([`prompt`]).
     Prompt(prompt::PromptTuning, prompt::PromptTuningConfig),
+    /// ReFT: LoReFT, NoReFT, DiReFT ([`reft`]).
+    Reft(reft::Reft, reft::ReftConfig),
 }
 
 impl MethodConfig {
-    /// AdapterHub's preset names, as `sinew train --adapter` and run files take them.
-    pub const PRESETS: &'static [&'static str] = &[
-        "seq_bn",
-        "double_seq_bn",
-        "par_bn",
-        "scaled_par_bn",
-        "lora",
-        "ia3",
-        "prefix_tuning",
-        "prompt_tuning",
-    ];
-
-    /// A preset by AdapterHub's name (`seq_bn`, `lora`, …), or a JSON file at `spec` holding an
-    /// AdapterHub config object (or an `adapter_config.json` with one under `config`); its
-    /// `architecture` names the method, bottleneck when absent.
+    /// A preset by AdapterHub's name (`seq_bn`, `lora`, … see [`presets`](Self::presets)), or a
+    /// JSON file at `spec` holding an AdapterHub config object (or an `adapter_config.json` with
+    /// one under `config`); its `architecture` names the method, bottleneck when absent.
     pub fn from_name_or_file(spec: &str, model: &sinew_backbone::BertConfig) -> Result<Self> {
-        Ok(match spec {
-            "seq_bn" => Self::Bottleneck(bottleneck::BnConfig::seq_bn()),
-            "double_seq_bn" => Self::Bottleneck(bottleneck::BnConfig::double_seq_bn()),
-            "par_bn" => Self::Bottleneck(bottleneck::BnConfig::par_bn()),
-            "scaled_par_bn" => Self::Bottleneck(bottleneck::BnConfig::scaled_par_bn()),
-            "lora" => Self::Lora(lora::LoraConfig::lora()),
-            "ia3" => Self::Lora(lora::LoraConfig::ia3()),
-            "prefix_tuning" => Self::Prefix(prefix::PrefixTuningConfig::default()),
-            "prompt_tuning" => Self::Prompt(prompt::PromptTuningConfig::default()),
-            path => {
-                let path = std::path::Path::new(path);
+        let presets = Self::presets();
+        Ok(match presets.iter().find(|(name, _)| *name == spec) {
+            Some((_, preset)) => preset.clone(),
+            None => {
+                let path = std::path::Path::new(spec);
                 if !path.is_file() {
-                    return Err(AdapterError::Input(format!(
-                        "adapter `{spec}` is neither a preset ({}) nor a JSON config file",
-                        Self::PRESETS.join(", ")
-                    )));
+                    let names: Vec<&str> = presets.iter().map(|(n, _)| *n).collect();
+                    return Err(AdapterError::UnknownPreset {
+                        spec: spec.to_string(),
+                        presets: names,
+                    });
                 }
                 let mut raw = folder::read_json(path)?;
                 if let Some(serde_json::Value::Object(inner)) = raw.remove("config") {
@@ -92,12 +81,12 @@ impl MethodConfig {
                     .unwrap_or("bottleneck");
                 Self::parse(path, architecture, &raw, Some(model))
                     .unwrap_or_else(|| {
-                        Err(format!(
-                            "`architecture` = \"{architecture}\" is not supported (sinew reads: {})",
-                            Self::ARCHITECTURES.join(", ")
-                        ))
+                        Err(ConfigError::Architecture {
+                            architecture: architecture.to_string(),
+                            known: Self::ARCHITECTURES,
+                        })
                     })
-                    .map_err(|m| AdapterError::file(path, m))?
+                    .map_err(|e| AdapterError::config(path, e))?
             }
         })
     }

@@ -2,8 +2,9 @@
 //! y = W·x + scaling·(x·Aᵀ·Bᵀ)) or `scale` (IA3: y = (W·x) ⊙ (alpha·b)).
 //!
 //! Both act through [`sinew_backbone::Hooks::project`] on the activation path: the full ΔW is
-//! never built in the forward pass. [`LoraAdapter::merge_into`] folds ΔW into the frozen weights
-//! for serving; [`LoraAdapter::unmerge_from`] restores the saved originals bit for bit.
+//! never built in the forward pass. [`Method::merge_into`] folds ΔW into the frozen weights
+//! for serving; [`restore_projections`](crate::method::restore_projections) puts the saved
+//! originals back bit for bit.
 
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
@@ -15,8 +16,8 @@ use sinew_backbone::FusedOps;
 use sinew_backbone::{kernels, Bert, BertConfig, Hooks, Projection};
 
 use crate::bottleneck::model_prefix;
-use crate::error::{AdapterError, Result};
-use crate::method::{Method, MethodSpec};
+use crate::error::{AdapterError, ConfigError, Result};
+use crate::method::{projection_mut, Composes, Method, MethodSpec, SavedProjection};
 use crate::tensors::{TensorFile, TensorSink};
 
 /// How the low-rank update is composed with the frozen projection.
@@ -294,7 +295,35 @@ impl LoraConfig {
 }
 
 impl MethodSpec for LoraConfig {
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![("lora", Self::lora()), ("ia3", Self::ia3())]
+    }
+
     const ARCHITECTURE: &'static str = "lora";
+
+    fn summary(&self) -> String {
+        format!(
+            "{} (r {}, alpha {}, attention {:?}{}{})",
+            if self.composition_mode == CompositionMode::Scale {
+                "ia3"
+            } else {
+                "lora"
+            },
+            self.r,
+            self.alpha,
+            if self.selfattn_lora {
+                self.attn_matrices.clone()
+            } else {
+                vec![]
+            },
+            if self.intermediate_lora {
+                ", FFN in"
+            } else {
+                ""
+            },
+            if self.output_lora { ", FFN out" } else { "" },
+        )
+    }
     /// DoRA and VeRA switches: accepted when off.
     const WRITTEN_DEFAULTS: &'static [(&'static str, &'static str)] = &[
         ("dtype", "null"),
@@ -306,33 +335,36 @@ impl MethodSpec for LoraConfig {
     /// Rejects settings sinew does not implement, naming the key.
     fn check_supported(
         raw: &serde_json::Map<String, serde_json::Value>,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), ConfigError> {
         if raw.get("use_dora").and_then(serde_json::Value::as_bool) == Some(true) {
-            return Err("`use_dora` = true is not supported".into());
+            return Err(ConfigError::unsupported("use_dora", true));
         }
         for key in ["vera_d", "vera_b"] {
             if raw.get(key).is_some_and(|v| !v.is_null()) {
-                return Err(format!("`{key}` (VeRA) is not supported"));
+                return Err(ConfigError::invalid(key, "(VeRA) is not supported"));
             }
         }
         if raw.get("init_weights").and_then(serde_json::Value::as_str) == Some("vera") {
-            return Err("`init_weights` = \"vera\" is not supported".into());
+            return Err(ConfigError::unsupported("init_weights", "\"vera\""));
         }
         Ok(())
     }
 
     /// Checks the combination of settings.
-    fn validate(&self, _model: Option<&BertConfig>) -> std::result::Result<(), String> {
+    fn validate(&self, _model: Option<&BertConfig>) -> std::result::Result<(), ConfigError> {
         crate::method::probability("dropout", self.dropout)?;
         if self.r == 0 {
-            return Err("`r` must be at least 1".into());
+            return Err(ConfigError::invalid("r", "must be at least 1"));
         }
         if let Some(model) = _model {
             let widest = model.hidden_size.max(model.intermediate_size);
             if self.r > widest {
-                return Err(format!(
-                    "`r` = {} is larger than the model's widest projection ({widest})",
-                    self.r
+                return Err(ConfigError::invalid(
+                    "r",
+                    format!(
+                        "= {} is larger than the model's widest projection ({widest})",
+                        self.r
+                    ),
                 ));
             }
         }
@@ -340,18 +372,25 @@ impl MethodSpec for LoraConfig {
             .peft_sites()
             .is_some_and(|s| s.iter().any(|s| s.r == 0))
         {
-            return Err("`peft_sites` ranks must be at least 1".into());
+            return Err(ConfigError::invalid(
+                "peft_sites",
+                "ranks must be at least 1",
+            ));
         }
         if self.composition_mode == CompositionMode::Scale && self.r != 1 {
-            return Err("composition_mode \"scale\" needs `r` = 1".into());
+            return Err(ConfigError::invalid(
+                "composition_mode",
+                "= \"scale\" needs `r` = 1",
+            ));
         }
         if let Some(m) = self
             .attn_matrices
             .iter()
             .find(|m| !["q", "k", "v"].contains(&m.as_str()))
         {
-            return Err(format!(
-                "`attn_matrices` entry \"{m}\" is not one of q, k, v"
+            return Err(ConfigError::invalid(
+                "attn_matrices",
+                format!("entry \"{m}\" is not one of q, k, v"),
             ));
         }
         Ok(())
@@ -522,15 +561,6 @@ impl<B: FusedOps> LoraSite<B> {
     }
 }
 
-/// A backbone projection as it was before a merge, kept on the host.
-#[derive(Debug, Clone)]
-pub struct SavedProjection {
-    layer: usize,
-    site: Projection,
-    weight: TensorData,
-    bias: Option<TensorData>,
-}
-
 const SITES: [Projection; 6] = [
     Projection::Query,
     Projection::Key,
@@ -574,7 +604,7 @@ impl<B: FusedOps> Method<B> for LoraAdapter<B> {
     type Config = LoraConfig;
 
     fn new(config: &LoraConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
-        config.validate(Some(model)).map_err(AdapterError::Input)?;
+        config.validate(Some(model))?;
         Self::build(config, model, |site, layer, d_in, d_out| {
             let rank = config.rank_and_scaling(layer, site);
             Ok(LoraSite::new(config, rank, d_in, d_out, device))
@@ -613,6 +643,56 @@ impl<B: FusedOps> Method<B> for LoraAdapter<B> {
             .flat_map(|site| self.sites(site).into_iter().flatten())
             .flatten()
             .any(|s| s.gate.is_some())
+    }
+
+    fn composes(&self) -> Composes {
+        Composes::Projections
+    }
+
+    fn update_projection(
+        &self,
+        layer: usize,
+        site: Projection,
+        linear: &Linear<B>,
+        x: Tensor<B, 3>,
+        y: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        self.update(layer, site, linear, x, y)
+    }
+
+    fn updates(&self, layer: usize, site: Projection) -> bool {
+        self.at(layer, site).is_some()
+    }
+
+    /// Folds every update into `backbone`'s weights; refused (the backbone untouched) with a gate.
+    fn merge_into(&self, backbone: &mut Bert<B>) -> Option<Result<Vec<SavedProjection>>> {
+        // Check every site first, so a refused merge leaves the backbone untouched.
+        let gated = (0..backbone.num_layers()).any(|l| {
+            SITES
+                .iter()
+                .any(|&s| self.at(l, s).is_some_and(|u| u.gate.is_some()))
+        });
+        if gated {
+            return Some(Err(AdapterError::Unmergeable {
+                reason: "an adapter with a gate cannot be merged",
+            }));
+        }
+        let mut saved = Vec::new();
+        for (layer, block) in backbone.encoder.layer.iter_mut().enumerate() {
+            for site in SITES {
+                if let Some(update) = self.at(layer, site) {
+                    let linear = projection_mut(block, site);
+                    saved.push(SavedProjection {
+                        layer,
+                        site,
+                        weight: linear.weight.val().into_data(),
+                        bias: linear.bias.as_ref().map(|b| b.val().into_data()),
+                    });
+                    update.merge(linear);
+                }
+            }
+        }
+        Some(Ok(saved))
     }
 
     fn save(&self, model: &BertConfig, name: &str, sink: &mut TensorSink) {
@@ -696,63 +776,6 @@ impl<B: FusedOps> LoraAdapter<B> {
     /// The update at projection `site` of `layer`, if any.
     pub fn at(&self, layer: usize, site: Projection) -> Option<&LoraSite<B>> {
         self.sites(site)?.get(layer).and_then(Option::as_ref)
-    }
-
-    /// Folds every update into `backbone`'s weights and returns the originals they replaced.
-    pub fn merge_into(&self, backbone: &mut Bert<B>) -> Result<Vec<SavedProjection>> {
-        // Check every site first, so a refused merge leaves the backbone untouched.
-        let gated = (0..backbone.num_layers()).any(|l| {
-            SITES
-                .iter()
-                .any(|&s| self.at(l, s).is_some_and(|u| u.gate.is_some()))
-        });
-        if gated {
-            return Err(AdapterError::Input(
-                "an adapter with a gate cannot be merged".into(),
-            ));
-        }
-        let mut saved = Vec::new();
-        for (layer, block) in backbone.encoder.layer.iter_mut().enumerate() {
-            for site in SITES {
-                if let Some(update) = self.at(layer, site) {
-                    let linear = projection_mut(block, site);
-                    saved.push(SavedProjection {
-                        layer,
-                        site,
-                        weight: linear.weight.val().into_data(),
-                        bias: linear.bias.as_ref().map(|b| b.val().into_data()),
-                    });
-                    update.merge(linear);
-                }
-            }
-        }
-        Ok(saved)
-    }
-
-    /// Puts back, bit for bit, the originals [`merge_into`](Self::merge_into) returned.
-    pub fn unmerge_from(backbone: &mut Bert<B>, saved: Vec<SavedProjection>) {
-        for original in saved {
-            let linear = projection_mut(&mut backbone.encoder.layer[original.layer], original.site);
-            let device = linear.weight.device();
-            linear.weight = Param::from_tensor(Tensor::from_data(original.weight, &device));
-            linear.bias = original
-                .bias
-                .map(|b| Param::from_tensor(Tensor::from_data(b, &device)));
-        }
-    }
-}
-
-fn projection_mut<B: FusedOps>(
-    layer: &mut sinew_backbone::model::Layer<B>,
-    site: Projection,
-) -> &mut Linear<B> {
-    match site {
-        Projection::Query => &mut layer.attention.self_attention.query,
-        Projection::Key => &mut layer.attention.self_attention.key,
-        Projection::Value => &mut layer.attention.self_attention.value,
-        Projection::AttentionOutput => &mut layer.attention.output.dense,
-        Projection::Intermediate => &mut layer.intermediate.dense,
-        Projection::Output => &mut layer.output.dense,
     }
 }
 

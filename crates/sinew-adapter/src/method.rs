@@ -7,13 +7,17 @@
 //! other site keeps the plain transformer. [`register_methods!`] turns the list in `lib.rs` into
 //! the [`crate::Adapter`] and [`crate::MethodConfig`] enums and their dispatch.
 
+use burn::module::Param;
+use burn::nn::Linear;
 use burn::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sinew_backbone::{BertConfig, FusedOps, Hooks};
+use sinew_backbone::{Bert, BertConfig, FusedOps, Hooks, Projection, SubLayer};
 
-use crate::error::Result;
+use crate::bottleneck::Bottleneck;
+
+use crate::error::{ConfigError, Result};
 use crate::tensors::{TensorFile, TensorSink};
 
 /// The config of a method, as it appears under `config` in AdapterHub's `adapter_config.json`.
@@ -32,14 +36,25 @@ pub trait MethodSpec:
     /// that a saved config holds every key AdapterHub's does.
     const WRITTEN_DEFAULTS: &'static [(&'static str, &'static str)] = &[];
 
+    /// AdapterHub's named presets of this method (`seq_bn`, `lora`, …), as `sinew train
+    /// --adapter` and run files take them.
+    fn presets() -> Vec<(&'static str, Self)> {
+        Vec::new()
+    }
+
+    /// One line on what the adapter is, for people (`sinew inspect`).
+    fn summary(&self) -> String {
+        Self::ARCHITECTURE.to_string()
+    }
+
     /// Rejects AdapterHub settings sinew does not implement, naming the key.
-    fn check_supported(raw: &Map<String, Value>) -> std::result::Result<(), String> {
+    fn check_supported(raw: &Map<String, Value>) -> std::result::Result<(), ConfigError> {
         let _ = raw;
         Ok(())
     }
 
     /// Checks the settings, against the backbone when one is given.
-    fn validate(&self, model: Option<&BertConfig>) -> std::result::Result<(), String> {
+    fn validate(&self, model: Option<&BertConfig>) -> std::result::Result<(), ConfigError> {
         let _ = model;
         Ok(())
     }
@@ -88,6 +103,99 @@ where
     /// averaging over the sequence): then a pass cannot compute the last layer for the first
     /// position alone (`sinew_backbone::Positions::First`).
     fn mixes_positions(&self) -> bool;
+
+    /// How it takes part in composition blocks and AdapterFusion.
+    fn composes(&self) -> Composes {
+        Composes::Alone
+    }
+
+    /// Its bottleneck at sub-layer `site` of `layer`, for the composition blocks that route
+    /// bottlenecks ([`Composes::Bottleneck`]).
+    fn bottleneck_at(&self, layer: usize, site: SubLayer) -> Option<&Bottleneck<B>> {
+        let _ = (layer, site);
+        None
+    }
+
+    /// `y = linear(x)`, the frozen projection at `site` of `layer`, with this adapter's update
+    /// added where it has one: how the updates of several adapters chain on one projection
+    /// ([`Composes::Projections`]).
+    fn update_projection(
+        &self,
+        layer: usize,
+        site: Projection,
+        linear: &Linear<B>,
+        x: Tensor<B, 3>,
+        y: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let _ = (layer, site, linear, x);
+        y
+    }
+
+    /// Whether it updates projection `site` of `layer`.
+    fn updates(&self, layer: usize, site: Projection) -> bool {
+        let _ = (layer, site);
+        false
+    }
+
+    /// Folds the adapter into `backbone`'s weights, returning the originals it replaced
+    /// ([`restore_projections`] puts them back); `None` when the method cannot merge.
+    fn merge_into(&self, backbone: &mut Bert<B>) -> Option<Result<Vec<SavedProjection>>> {
+        let _ = backbone;
+        None
+    }
+}
+
+/// How an adapter takes part in composition blocks and AdapterFusion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Composes {
+    /// A bottleneck at sub-layer ends: every block routes it, and a fusion attends over its
+    /// outputs (AdapterHub's AdapterFusion).
+    Bottleneck,
+    /// Updates of the backbone's projections (LoRA, IA3): alone or in a top-level `Stack`; a
+    /// fusion attends over the sub-layer deltas they cause.
+    Projections,
+    /// Acts elsewhere (prefixes, prompts): alone or in a top-level `Stack`, never fused.
+    Alone,
+}
+
+/// A backbone projection a merge replaced, kept to restore it bit for bit.
+#[derive(Debug, Clone)]
+pub struct SavedProjection {
+    /// Its layer.
+    pub layer: usize,
+    /// Which projection.
+    pub site: Projection,
+    /// The original weight.
+    pub weight: TensorData,
+    /// The original bias.
+    pub bias: Option<TensorData>,
+}
+
+/// Puts back, bit for bit, the projections a [`Method::merge_into`] replaced.
+pub fn restore_projections<B: FusedOps>(backbone: &mut Bert<B>, saved: Vec<SavedProjection>) {
+    for original in saved {
+        let linear = projection_mut(&mut backbone.encoder.layer[original.layer], original.site);
+        let device = linear.weight.device();
+        linear.weight = Param::from_tensor(Tensor::from_data(original.weight, &device));
+        linear.bias = original
+            .bias
+            .map(|b| Param::from_tensor(Tensor::from_data(b, &device)));
+    }
+}
+
+/// The backbone's projection `site` of `layer`, to merge into.
+pub(crate) fn projection_mut<B: FusedOps>(
+    layer: &mut sinew_backbone::model::Layer<B>,
+    site: Projection,
+) -> &mut Linear<B> {
+    match site {
+        Projection::Query => &mut layer.attention.self_attention.query,
+        Projection::Key => &mut layer.attention.self_attention.key,
+        Projection::Value => &mut layer.attention.self_attention.value,
+        Projection::AttentionOutput => &mut layer.attention.output.dense,
+        Projection::Intermediate => &mut layer.intermediate.dense,
+        Projection::Output => &mut layer.output.dense,
+    }
 }
 
 /// [`Method::unchanged_below`] from per-layer sites (`Some` where the adapter acts, `true` where
@@ -105,11 +213,14 @@ pub(crate) fn first_site_layer(sites: impl IntoIterator<Item = (usize, Option<bo
 }
 
 /// `p` is a probability (burn-nn's `Dropout` panics on anything else); the error names `key`.
-pub fn probability(key: &str, p: f64) -> std::result::Result<(), String> {
+pub fn probability(key: &str, p: f64) -> std::result::Result<(), ConfigError> {
     if (0.0..=1.0).contains(&p) {
         Ok(())
     } else {
-        Err(format!("`{key}` = {p} must be a probability in [0, 1]"))
+        Err(ConfigError::invalid(
+            key,
+            format!("= {p} must be a probability in [0, 1]"),
+        ))
     }
 }
 
@@ -134,10 +245,10 @@ pub(crate) fn parse_config<C: MethodSpec>(
     path: &std::path::Path,
     raw: &Map<String, Value>,
     model: Option<&BertConfig>,
-) -> std::result::Result<C, String> {
+) -> std::result::Result<C, ConfigError> {
     C::check_supported(raw)?;
-    let config: C =
-        serde_json::from_value(Value::Object(raw.clone())).map_err(|e| format!("config: {e}"))?;
+    let config: C = serde_json::from_value(Value::Object(raw.clone()))
+        .map_err(|e| ConfigError::Json(e.to_string()))?;
     config.validate(model)?;
     if let Ok(Value::Object(known)) = serde_json::to_value(&config) {
         for key in raw.keys() {
@@ -174,6 +285,34 @@ macro_rules! register_methods {
             pub const ARCHITECTURES: &'static [&'static str] =
                 &[$(<$config::$spec as $crate::method::MethodSpec>::ARCHITECTURE),+];
 
+            /// Every method's presets, by AdapterHub's name, in registration order.
+            pub fn presets() -> Vec<(&'static str, Self)> {
+                let mut presets = Vec::new();
+                $(presets.extend(
+                    <$config::$spec as $crate::method::MethodSpec>::presets()
+                        .into_iter()
+                        .map(|(name, c)| (name, Self::$variant(c))),
+                );)+
+                presets
+            }
+
+            /// Checks the settings, against the backbone when one is given.
+            pub fn validate(
+                &self,
+                model: Option<&sinew_backbone::BertConfig>,
+            ) -> std::result::Result<(), $crate::ConfigError> {
+                match self {
+                    $(Self::$variant(c) => $crate::method::MethodSpec::validate(c, model),)+
+                }
+            }
+
+            /// One line on what the adapter is (see [`MethodSpec::summary`](crate::method::MethodSpec::summary)).
+            pub fn summary(&self) -> String {
+                match self {
+                    $(Self::$variant(c) => $crate::method::MethodSpec::summary(c),)+
+                }
+            }
+
             /// AdapterHub's `architecture` value.
             pub fn architecture(&self) -> &'static str {
                 match self {
@@ -195,7 +334,7 @@ macro_rules! register_methods {
                 architecture: &str,
                 raw: &serde_json::Map<String, serde_json::Value>,
                 model: Option<&sinew_backbone::BertConfig>,
-            ) -> Option<std::result::Result<Self, String>> {
+            ) -> Option<std::result::Result<Self, $crate::ConfigError>> {
                 $(if architecture == <$config::$spec as $crate::method::MethodSpec>::ARCHITECTURE {
                     return Some($crate::method::parse_config(path, raw, model).map(Self::$variant));
                 })+
@@ -229,6 +368,32 @@ macro_rules! register_methods {
             }
         }
 
+        /// As AdapterHub writes the `config` object (with its `architecture`).
+        impl serde::Serialize for MethodConfig {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                self.to_json().serialize(serializer)
+            }
+        }
+
+        /// Any registered method's `config` object, by its `architecture` (bottleneck when
+        /// absent), checked without a backbone.
+        impl<'de> serde::Deserialize<'de> for MethodConfig {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+                let raw = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+                let architecture = raw
+                    .get("architecture")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("bottleneck")
+                    .to_string();
+                Self::parse(std::path::Path::new("config"), &architecture, &raw, None)
+                    .unwrap_or_else(|| Err($crate::ConfigError::Architecture {
+                        architecture,
+                        known: Self::ARCHITECTURES,
+                    }))
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+
         impl<B: sinew_backbone::FusedOps> Adapter<B> {
             /// See [`Method::unchanged_below`](crate::method::Method::unchanged_below).
             pub fn unchanged_below(&self) -> usize {
@@ -243,6 +408,60 @@ macro_rules! register_methods {
                 use $crate::method::Method;
                 match self {
                     $(Self::$variant(a) => a.mixes_positions(),)+
+                }
+            }
+
+            /// See [`Method::composes`](crate::method::Method::composes).
+            pub fn composes(&self) -> $crate::method::Composes {
+                use $crate::method::Method;
+                match self {
+                    $(Self::$variant(a) => a.composes(),)+
+                }
+            }
+
+            /// See [`Method::bottleneck_at`](crate::method::Method::bottleneck_at).
+            pub fn bottleneck_at(
+                &self,
+                layer: usize,
+                site: sinew_backbone::SubLayer,
+            ) -> Option<&$crate::bottleneck::Bottleneck<B>> {
+                use $crate::method::Method;
+                match self {
+                    $(Self::$variant(a) => a.bottleneck_at(layer, site),)+
+                }
+            }
+
+            /// See [`Method::update_projection`](crate::method::Method::update_projection).
+            pub fn update_projection(
+                &self,
+                layer: usize,
+                site: sinew_backbone::Projection,
+                linear: &burn::nn::Linear<B>,
+                x: burn::prelude::Tensor<B, 3>,
+                y: burn::prelude::Tensor<B, 3>,
+            ) -> burn::prelude::Tensor<B, 3> {
+                use $crate::method::Method;
+                match self {
+                    $(Self::$variant(a) => a.update_projection(layer, site, linear, x, y),)+
+                }
+            }
+
+            /// See [`Method::updates`](crate::method::Method::updates).
+            pub fn updates(&self, layer: usize, site: sinew_backbone::Projection) -> bool {
+                use $crate::method::Method;
+                match self {
+                    $(Self::$variant(a) => a.updates(layer, site),)+
+                }
+            }
+
+            /// See [`Method::merge_into`](crate::method::Method::merge_into).
+            pub fn merge_into(
+                &self,
+                backbone: &mut sinew_backbone::Bert<B>,
+            ) -> Option<$crate::Result<Vec<$crate::method::SavedProjection>>> {
+                use $crate::method::Method;
+                match self {
+                    $(Self::$variant(a) => a.merge_into(backbone),)+
                 }
             }
 
@@ -290,6 +509,17 @@ macro_rules! register_methods {
             ) -> sinew_backbone::AttentionKv<B> {
                 match *self {
                     $(Adapter::$variant(a) => sinew_backbone::Hooks::attention_kv(&mut { a }, layer, kv),)+
+                }
+            }
+
+            fn layer_end(
+                &mut self,
+                layer: usize,
+                hidden: burn::prelude::Tensor<B, 3>,
+                keep: &burn::prelude::Tensor<B, 2>,
+            ) -> burn::prelude::Tensor<B, 3> {
+                match *self {
+                    $(Adapter::$variant(a) => sinew_backbone::Hooks::layer_end(&mut { a }, layer, hidden, keep),)+
                 }
             }
 

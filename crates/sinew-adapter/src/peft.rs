@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use sinew_backbone::{BertConfig, Projection};
 
 use crate::bottleneck::model_prefix;
+use crate::error::ConfigError;
 use crate::lora::{site_path, CompositionMode, LoraConfig, LoraInit, PeftPlacement, PeftSite};
 use crate::method::MethodSpec;
 
@@ -38,16 +39,16 @@ type Supported = &'static dyn Fn(&Value) -> bool;
 
 /// PEFT settings that must stay at their defaults (null counts as default), with the reason sinew
 /// gives. Init-only settings (`init_lora_weights`, `loftq_config`, `eva_config`, …) are ignored.
-fn must_be_default(raw: &Map<String, Value>) -> Result<(), String> {
+fn must_be_default(raw: &Map<String, Value>) -> Result<(), ConfigError> {
     let is =
         |key: &str, ok: &dyn Fn(&Value) -> bool| raw.get(key).is_none_or(|v| v.is_null() || ok(v));
 
     if raw.get("bias").is_some_and(|v| v == "all") {
-        return Err(
-            "`bias` = \"all\" is not supported: it retrains every bias of the backbone, \
-                    which sinew shares between adapters (\"none\" and \"lora_only\" are)"
-                .into(),
-        );
+        return Err(ConfigError::invalid(
+            "bias",
+            "= \"all\" is not supported: it retrains every bias of the backbone, \
+             which sinew shares between adapters (\"none\" and \"lora_only\" are)",
+        ));
     }
     let saved = match names(raw, "modules_to_save")? {
         Names::None => vec![],
@@ -55,9 +56,12 @@ fn must_be_default(raw: &Map<String, Value>) -> Result<(), String> {
         Names::List(list) => list,
     };
     if let Some(other) = saved.iter().find(|m| !SAVED_MODULES.contains(&m.as_str())) {
-        return Err(format!(
-            "`modules_to_save` entry \"{other}\" is not supported (sinew reads the classifier of \
-             a sequence-classification model)"
+        return Err(ConfigError::invalid(
+            "modules_to_save",
+            format!(
+                "entry \"{other}\" is not supported (sinew reads the classifier of \
+                 a sequence-classification model)"
+            ),
         ));
     }
     let checks: [(&str, Supported); 14] = [
@@ -92,7 +96,7 @@ fn must_be_default(raw: &Map<String, Value>) -> Result<(), String> {
     ];
     for (key, ok) in checks {
         if !is(key, ok) {
-            return Err(format!("`{key}` = {} is not supported", raw[key]));
+            return Err(ConfigError::unsupported(key, &raw[key]));
         }
     }
     Ok(())
@@ -146,7 +150,7 @@ pub const CLASSIFIER_KEYS: [&str; 2] = [
     "base_model.model.classifier.bias",
 ];
 
-fn names(raw: &Map<String, Value>, key: &str) -> Result<Names, String> {
+fn names(raw: &Map<String, Value>, key: &str) -> Result<Names, ConfigError> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(Names::None),
         Some(Value::String(s)) => Ok(Names::One(s.clone())),
@@ -155,27 +159,31 @@ fn names(raw: &Map<String, Value>, key: &str) -> Result<Names, String> {
             .map(|v| v.as_str().map(str::to_string))
             .collect::<Option<_>>()
             .map(Names::List)
-            .ok_or_else(|| format!("`{key}` must be a string or a list of strings")),
-        Some(other) => Err(format!(
-            "`{key}` must be a string or a list of strings, not {other}"
+            .ok_or_else(|| ConfigError::invalid(key, "must be a string or a list of strings")),
+        Some(other) => Err(ConfigError::invalid(
+            key,
+            format!("must be a string or a list of strings, not {other}"),
         )),
     }
 }
 
 /// PEFT's `get_pattern_key`: the first key `k` of a `rank_pattern`/`alpha_pattern` for which
 /// `(.*\.)?(k)` matches all of `module`.
-fn pattern_value(raw: &Map<String, Value>, key: &str, module: &str) -> Result<Option<f64>, String> {
+fn pattern_value(
+    raw: &Map<String, Value>,
+    key: &str,
+    module: &str,
+) -> Result<Option<f64>, ConfigError> {
     let Some(Value::Object(pattern)) = raw.get(key) else {
         return Ok(None);
     };
     for (k, v) in pattern {
         if regex::full_match(&format!(r"(.*\.)?({k})"), module)
-            .map_err(|e| format!("`{key}` key \"{k}\": {e}"))?
+            .map_err(|e| ConfigError::invalid(key, format!("key \"{k}\": {e}")))?
         {
-            return v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| format!("`{key}` value for \"{k}\" must be a number"));
+            return v.as_f64().map(Some).ok_or_else(|| {
+                ConfigError::invalid(key, format!("value for \"{k}\" must be a number"))
+            });
         }
     }
     Ok(None)
@@ -183,7 +191,7 @@ fn pattern_value(raw: &Map<String, Value>, key: &str, module: &str) -> Result<Op
 
 /// PEFT's layer index of `module` (`check_target_module_exists`): the first numbered segment,
 /// after a segment matching `layers_pattern` when given.
-fn layer_index(module: &str, patterns: &Names) -> Result<Option<usize>, String> {
+fn layer_index(module: &str, patterns: &Names) -> Result<Option<usize>, ConfigError> {
     let segments: Vec<&str> = module.split('.').collect();
     let patterns: Vec<&str> = match patterns {
         Names::None => vec![],
@@ -204,9 +212,9 @@ fn layer_index(module: &str, patterns: &Names) -> Result<Option<usize>, String> 
     for pattern in patterns {
         for j in (1..segments.len()).filter(|&j| numeric(j)) {
             let before = segments[..j].join(".");
-            if regex::full_match(&format!(r"(.*\.)?(?:{pattern})"), &before)
-                .map_err(|e| format!("`layers_pattern` \"{pattern}\": {e}"))?
-            {
+            if regex::full_match(&format!(r"(.*\.)?(?:{pattern})"), &before).map_err(|e| {
+                ConfigError::invalid("layers_pattern", format!("\"{pattern}\": {e}"))
+            })? {
                 return Ok(segments[j].parse().ok());
             }
         }
@@ -215,14 +223,15 @@ fn layer_index(module: &str, patterns: &Names) -> Result<Option<usize>, String> 
 }
 
 /// PEFT's `check_target_module_exists` for module `key` (its name inside a `BertModel`).
-fn targeted(raw: &Map<String, Value>, key: &str) -> Result<bool, String> {
+fn targeted(raw: &Map<String, Value>, key: &str) -> Result<bool, ConfigError> {
     let ends = |list: &[String]| {
         list.iter()
             .any(|e| key == e || key.ends_with(&format!(".{e}")))
     };
     match names(raw, "exclude_modules")? {
         Names::One(re)
-            if regex::full_match(&re, key).map_err(|e| format!("`exclude_modules`: {e}"))? =>
+            if regex::full_match(&re, key)
+                .map_err(|e| ConfigError::invalid("exclude_modules", e))? =>
         {
             return Ok(false)
         }
@@ -231,14 +240,20 @@ fn targeted(raw: &Map<String, Value>, key: &str) -> Result<bool, String> {
     }
     match names(raw, "target_modules")? {
         Names::One(all) if all.eq_ignore_ascii_case("all-linear") => Ok(true),
-        Names::One(re) => regex::full_match(&re, key).map_err(|e| format!("`target_modules`: {e}")),
+        Names::One(re) => {
+            regex::full_match(&re, key).map_err(|e| ConfigError::invalid("target_modules", e))
+        }
         // PEFT's default for BERT-family models.
         Names::None => targeted_list(raw, key, &["query".into(), "value".into()]),
         Names::List(list) => targeted_list(raw, key, &list),
     }
 }
 
-fn targeted_list(raw: &Map<String, Value>, key: &str, list: &[String]) -> Result<bool, String> {
+fn targeted_list(
+    raw: &Map<String, Value>,
+    key: &str,
+    list: &[String],
+) -> Result<bool, ConfigError> {
     if list.iter().any(|e| e == key) {
         return Ok(true);
     }
@@ -251,7 +266,10 @@ fn targeted_list(raw: &Map<String, Value>, key: &str, list: &[String]) -> Result
         Some(v) => match v.as_u64() {
             Some(one) => vec![one as usize],
             None => serde_json::from_value(v.clone()).map_err(|_| {
-                "`layers_to_transform` must be a layer index or a list of them".to_string()
+                ConfigError::invalid(
+                    "layers_to_transform",
+                    "must be a layer index or a list of them",
+                )
             })?,
         },
     };
@@ -263,12 +281,13 @@ fn targeted_list(raw: &Map<String, Value>, key: &str, list: &[String]) -> Result
 pub fn config_from_peft(
     raw: &Map<String, Value>,
     num_layers: Option<usize>,
-) -> Result<LoraConfig, String> {
+) -> Result<LoraConfig, ConfigError> {
     match raw.get("peft_type").and_then(Value::as_str) {
         Some("LORA") => {}
         other => {
-            return Err(format!(
-                "`peft_type` {other:?} is not supported (only \"LORA\")"
+            return Err(ConfigError::invalid(
+                "peft_type",
+                format!("{other:?} is not supported (only \"LORA\")"),
             ))
         }
     }
@@ -276,7 +295,7 @@ pub fn config_from_peft(
     let number = |key: &str| {
         raw.get(key)
             .and_then(Value::as_f64)
-            .ok_or_else(|| format!("missing number `{key}`"))
+            .ok_or_else(|| ConfigError::Missing { key: key.into() })
     };
     let r = number("r")? as usize;
     let alpha = number("lora_alpha")?;
@@ -286,7 +305,9 @@ pub fn config_from_peft(
         .unwrap_or(0.0);
     let rslora = match raw.get("use_rslora") {
         None | Some(Value::Null) => false,
-        Some(v) => v.as_bool().ok_or("`use_rslora` must be true or false")?,
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| ConfigError::invalid("use_rslora", "must be true or false"))?,
     };
     let highest = match raw.get("layers_to_transform") {
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).max(),
@@ -296,7 +317,12 @@ pub fn config_from_peft(
     let n = num_layers.unwrap_or_else(|| highest.map_or(12, |h| (h as usize + 1).max(12)));
     for other in OTHER_LINEARS {
         if targeted(raw, other)? {
-            return Err(format!("`target_modules` matches `{other}`, which sinew cannot adapt (list it in `exclude_modules`)"));
+            return Err(ConfigError::invalid(
+                "target_modules",
+                format!(
+                    "matches `{other}`, which sinew cannot adapt (list it in `exclude_modules`)"
+                ),
+            ));
         }
     }
     let mut sites = Vec::new();
@@ -309,7 +335,10 @@ pub fn config_from_peft(
             let r = pattern_value(raw, "rank_pattern", &module)?.map_or(r, |v| v as usize);
             let alpha = pattern_value(raw, "alpha_pattern", &module)?.unwrap_or(alpha);
             if r == 0 {
-                return Err(format!("`rank_pattern` gives `{module}` rank 0"));
+                return Err(ConfigError::invalid(
+                    "rank_pattern",
+                    format!("gives `{module}` rank 0"),
+                ));
             }
             let scaling = if rslora {
                 alpha / (r as f64).sqrt()
@@ -325,9 +354,12 @@ pub fn config_from_peft(
         }
     }
     if sites.is_empty() {
-        return Err(format!(
-            "`target_modules` = {} matches no module sinew can adapt",
-            raw.get("target_modules").unwrap_or(&Value::Null)
+        return Err(ConfigError::invalid(
+            "target_modules",
+            format!(
+                "= {} matches no module sinew can adapt",
+                raw.get("target_modules").unwrap_or(&Value::Null)
+            ),
         ));
     }
     let mut config = switches(&sites, r, alpha, dropout, n);
@@ -386,7 +418,7 @@ pub fn config_to_peft(
     model: &BertConfig,
     own_biases: bool,
     classifier: bool,
-) -> Result<Value, String> {
+) -> Result<Value, ConfigError> {
     let mut json = placement_to_peft(config, model)?;
     let map = json.as_object_mut().expect("configs are objects");
     if own_biases {
@@ -399,9 +431,10 @@ pub fn config_to_peft(
     Ok(json)
 }
 
-fn placement_to_peft(config: &LoraConfig, model: &BertConfig) -> Result<Value, String> {
+fn placement_to_peft(config: &LoraConfig, model: &BertConfig) -> Result<Value, ConfigError> {
     if config.composition_mode != CompositionMode::Add || config.use_gating {
-        return Err("PEFT folders hold plain LoRA only (no IA3, no gate)".into());
+        let problem = "is not a plain LoRA: PEFT folders hold plain LoRA only (no IA3, no gate)";
+        return Err(ConfigError::invalid("composition_mode", problem));
     }
     let n = model.num_hidden_layers;
     if let Some(placement) = &config.peft {
@@ -647,7 +680,8 @@ mod tests {
             ("lora_bias", true.into()),
         ] {
             let e = with(key, value);
-            assert!(e.contains(&format!("`{key}`")) && !e.contains('\n'), "{e}");
+            assert_eq!(e.key(), Some(key), "{e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
         }
         // What sinew reads: the adapted projections' biases, the classifier.
         for (key, value) in [
@@ -661,14 +695,14 @@ mod tests {
             json.insert(key.into(), value);
             config_from_peft(&json, Some(6)).unwrap();
         }
-        let e = with("target_modules", serde_json::json!(["pooler.dense"]));
+        let e = with("target_modules", serde_json::json!(["pooler.dense"])).to_string();
         assert!(
             e.contains("`pooler.dense`") && e.contains("`target_modules`"),
             "{e}"
         );
-        let e = with("target_modules", "all-linear".into());
+        let e = with("target_modules", "all-linear".into()).to_string();
         assert!(e.contains("`pooler.dense`"), "{e}");
-        let e = with("target_modules", serde_json::json!(["word_embeddings"]));
+        let e = with("target_modules", serde_json::json!(["word_embeddings"])).to_string();
         assert!(e.contains("matches no module"), "{e}");
         let ok = config_from_peft(base.as_object().unwrap(), Some(6)).unwrap();
         assert_eq!(

@@ -19,7 +19,7 @@ use sinew_backbone::{kernels, AttentionKv, BertConfig, Hooks};
 
 use crate::activation::Activation;
 use crate::bottleneck::model_prefix;
-use crate::error::Result;
+use crate::error::{ConfigError, Result};
 use crate::method::{Method, MethodSpec};
 use crate::tensors::{TensorFile, TensorSink};
 
@@ -79,26 +79,55 @@ impl Default for PrefixTuningConfig {
 }
 
 impl MethodSpec for PrefixTuningConfig {
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![("prefix_tuning", Self::default())]
+    }
+
     const ARCHITECTURE: &'static str = "prefix_tuning";
 
-    fn validate(&self, model: Option<&BertConfig>) -> std::result::Result<(), String> {
+    fn summary(&self) -> String {
+        format!(
+            "prefix tuning (length {}, {}{})",
+            self.prefix_length,
+            if self.flat {
+                "flat".to_string()
+            } else {
+                format!(
+                    "MLP width {} {}",
+                    self.bottleneck_size,
+                    String::from(self.non_linearity)
+                )
+            },
+            if self.use_gating { ", gated" } else { "" },
+        )
+    }
+
+    fn validate(&self, model: Option<&BertConfig>) -> std::result::Result<(), ConfigError> {
         crate::method::probability("dropout", self.dropout)?;
         if self.prefix_length == 0 {
-            return Err("`prefix_length` must be at least 1".into());
+            return Err(ConfigError::invalid("prefix_length", "must be at least 1"));
         }
         if !self.flat && self.bottleneck_size == 0 {
-            return Err("`bottleneck_size` must be at least 1".into());
+            return Err(ConfigError::invalid(
+                "bottleneck_size",
+                "must be at least 1",
+            ));
         }
         if let Some(model) = model {
             let limit = 64 * model.hidden_size;
             if self.prefix_length > limit || self.bottleneck_size > limit {
-                return Err(format!(
-                    "`prefix_length` {} or `bottleneck_size` {} is past 64 × hidden_size",
-                    self.prefix_length, self.bottleneck_size
-                ));
+                let key = if self.prefix_length > limit {
+                    "prefix_length"
+                } else {
+                    "bottleneck_size"
+                };
+                return Err(ConfigError::invalid(key, "is past 64 × hidden_size"));
             }
             if model.hidden_size % model.num_attention_heads != 0 {
-                return Err("hidden_size is not a multiple of num_attention_heads".into());
+                return Err(ConfigError::invalid(
+                    "hidden_size",
+                    "of the backbone is not a multiple of its num_attention_heads",
+                ));
             }
         }
         Ok(())
@@ -247,9 +276,7 @@ impl<B: FusedOps> Method<B> for PrefixTuning<B> {
     type Config = PrefixTuningConfig;
 
     fn new(config: &PrefixTuningConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
-        config
-            .validate(Some(model))
-            .map_err(crate::AdapterError::Input)?;
+        config.validate(Some(model))?;
         let hidden = model.hidden_size;
         let out = Self::layers_with_prefix(config, model) * 2 * hidden;
         let normal = |shape: [usize; 2], std: f64| {

@@ -11,7 +11,7 @@ use sinew_backbone::FusedOps;
 use sinew_backbone::{BertConfig, Hooks};
 
 use crate::bottleneck::model_prefix;
-use crate::error::{AdapterError, Result};
+use crate::error::{ConfigError, Result};
 use crate::method::{Method, MethodSpec};
 use crate::tensors::{TensorFile, TensorSink};
 
@@ -77,17 +77,32 @@ impl Default for PromptTuningConfig {
 }
 
 impl MethodSpec for PromptTuningConfig {
+    fn presets() -> Vec<(&'static str, Self)> {
+        vec![("prompt_tuning", Self::default())]
+    }
+
     const ARCHITECTURE: &'static str = "prompt_tuning";
+
+    fn summary(&self) -> String {
+        format!(
+            "prompt tuning (length {}, {})",
+            self.prompt_length,
+            serde_json::to_string(&self.combine).expect("an enum serialises")
+        )
+    }
     const ACCEPTED: &'static [&'static str] = &["random_uniform_scale"];
 
-    fn validate(&self, model: Option<&BertConfig>) -> std::result::Result<(), String> {
+    fn validate(&self, model: Option<&BertConfig>) -> std::result::Result<(), ConfigError> {
         if self.prompt_length == 0 {
-            return Err("`prompt_length` must be at least 1".into());
+            return Err(ConfigError::invalid("prompt_length", "must be at least 1"));
         }
         if let Some(model) = model.filter(|m| self.prompt_length >= m.max_position_embeddings) {
-            return Err(format!(
-                "`prompt_length` {} leaves no position for text (the model has {})",
-                self.prompt_length, model.max_position_embeddings
+            return Err(ConfigError::invalid(
+                "prompt_length",
+                format!(
+                    "= {} leaves no position for text (the model has {})",
+                    self.prompt_length, model.max_position_embeddings
+                ),
             ));
         }
         Ok(())
@@ -114,11 +129,13 @@ impl<B: FusedOps> Method<B> for PromptTuning<B> {
     type Config = PromptTuningConfig;
 
     fn new(config: &PromptTuningConfig, model: &BertConfig, device: &B::Device) -> Result<Self> {
-        config.validate(Some(model)).map_err(AdapterError::Input)?;
+        config.validate(Some(model))?;
         if config.prompt_init == PromptInit::FromString {
-            return Err(AdapterError::Input(
-                "prompt_init \"from_string\" is not supported for new prompts; use \"random_uniform\"".into(),
-            ));
+            return Err(ConfigError::invalid(
+                "prompt_init",
+                "= \"from_string\" is not supported for new prompts; use \"random_uniform\"",
+            )
+            .into());
         }
         let scale = config.random_uniform_scale;
         let prompt = Tensor::random(

@@ -129,8 +129,10 @@ impl TensorFile {
     pub fn rename_keys(&mut self, rename: impl Fn(&str) -> Option<String>) -> Result<()> {
         let old = std::mem::take(&mut self.tensors);
         for (key, tensor) in old {
-            let new =
-                rename(&key).ok_or_else(|| self.error(format!("unexpected tensor `{key}`")))?;
+            let new = rename(&key).ok_or_else(|| AdapterError::UnusedTensor {
+                path: self.path.clone(),
+                key: key.clone(),
+            })?;
             self.tensors.insert(new, tensor);
         }
         Ok(())
@@ -141,24 +143,22 @@ impl TensorFile {
         self.tensors.values().map(|t| t.values.len()).sum()
     }
 
-    fn error(&self, message: String) -> AdapterError {
-        AdapterError::File {
-            path: self.path.clone(),
-            message,
-        }
-    }
-
     /// Takes the tensor `key`, which must have shape `shape`.
     pub fn take(&mut self, key: &str, shape: &[usize]) -> Result<RawTensor> {
         let tensor = self
             .tensors
             .remove(key)
-            .ok_or_else(|| self.error(format!("missing tensor `{key}`")))?;
+            .ok_or_else(|| AdapterError::MissingTensor {
+                path: self.path.clone(),
+                key: key.to_string(),
+            })?;
         if tensor.shape != shape {
-            return Err(self.error(format!(
-                "tensor `{key}` has shape {:?}, the backbone needs {shape:?}",
-                tensor.shape
-            )));
+            return Err(AdapterError::Shape {
+                path: self.path.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: tensor.shape,
+            });
         }
         Ok(tensor)
     }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{BackboneError, Result};
+use crate::error::{BackboneError, ConfigError, Result};
 
 /// Hyper-parameters of a BERT-family encoder, with HuggingFace's field names.
 ///
@@ -72,27 +72,32 @@ impl BertConfig {
     /// Reads and checks a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| BackboneError::io(path, e))?;
-        Self::from_json(&text).map_err(|message| BackboneError::Config {
+        Self::from_json(&text).map_err(|source| BackboneError::Config {
             path: path.to_path_buf(),
-            message,
+            source,
         })
     }
 
     /// Parses and checks the text of a `config.json`; the error is one line.
-    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
-        let config: Self = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_json(text: &str) -> std::result::Result<Self, ConfigError> {
+        let config: Self =
+            serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    fn validate(&self) -> std::result::Result<(), ConfigError> {
+        let invalid = |key, problem| Err(ConfigError::Invalid { key, problem });
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
-            return Err(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
+            return invalid(
+                "hidden_size",
+                format!(
+                    "{} is not divisible by num_attention_heads {}",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            );
         }
         for (key, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
@@ -102,20 +107,23 @@ impl BertConfig {
             ),
         ] {
             if !(0.0..=1.0).contains(&p) {
-                return Err(format!("{key} {p} is not a probability in [0, 1]"));
+                return invalid(key, format!("{p} is not a probability in [0, 1]"));
             }
         }
         if self.hidden_act != "gelu" {
-            return Err(format!(
-                "hidden_act `{}` is not supported (only exact `gelu`)",
-                self.hidden_act
-            ));
+            return invalid(
+                "hidden_act",
+                format!("`{}` is not supported (only exact `gelu`)", self.hidden_act),
+            );
         }
         if self.position_embedding_type != "absolute" {
-            return Err(format!(
-                "position_embedding_type `{}` is not supported (only `absolute`)",
-                self.position_embedding_type
-            ));
+            return invalid(
+                "position_embedding_type",
+                format!(
+                    "`{}` is not supported (only `absolute`)",
+                    self.position_embedding_type
+                ),
+            );
         }
         Ok(())
     }
@@ -163,7 +171,7 @@ mod tests {
     #[test]
     fn missing_required_key_is_named() {
         let text = MINILM.replace(r#""num_hidden_layers":6,"#, "");
-        let err = BertConfig::from_json(&text).unwrap_err();
+        let err = BertConfig::from_json(&text).unwrap_err().to_string();
         assert!(err.contains("missing field `num_hidden_layers`"), "{err}");
     }
 
@@ -174,7 +182,7 @@ mod tests {
             ("attention_probs_dropout_prob", "-0.1"),
         ] {
             let text = MINILM.replace(&format!(r#""{key}":0.1"#), &format!(r#""{key}":{bad}"#));
-            let err = BertConfig::from_json(&text).unwrap_err();
+            let err = BertConfig::from_json(&text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(bad), "{err}");
         }
     }
@@ -184,6 +192,7 @@ mod tests {
         let text = MINILM.replace(r#""num_attention_heads":12"#, r#""num_attention_heads":7"#);
         assert!(BertConfig::from_json(&text)
             .unwrap_err()
+            .to_string()
             .contains("divisible"));
     }
 }

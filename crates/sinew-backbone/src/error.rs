@@ -14,12 +14,12 @@ pub enum BackboneError {
         source: std::io::Error,
     },
     /// `config.json` is malformed or describes an unsupported model.
-    #[error("{path}: {message}")]
+    #[error("{path}: {source}")]
     Config {
         /// The config file.
         path: PathBuf,
         /// What is wrong, naming the key.
-        message: String,
+        source: ConfigError,
     },
     /// The weights file is unreadable or does not fit the config.
     #[error("{path}: {message}")]
@@ -37,17 +37,43 @@ pub enum BackboneError {
         /// What is wrong.
         message: String,
     },
-    /// Downloading or unpacking the model package failed.
-    #[error("fetching {what}: {message}")]
-    Fetch {
-        /// What was being fetched.
-        what: String,
-        /// What went wrong.
-        message: String,
+    /// A model folder lacks one of its files.
+    #[error("{path}: not found (a model folder needs config.json, model.safetensors and tokenizer.json)")]
+    Missing {
+        /// The file.
+        path: PathBuf,
     },
-    /// The caller passed something unusable.
+    /// A maximum input length past the model's position table.
+    #[error(
+        "a maximum length of {requested} tokens exceeds the model's {limit} positions ({config})"
+    )]
+    MaxLen {
+        /// The length asked for.
+        requested: usize,
+        /// The model's limit.
+        limit: usize,
+        /// The model's `config.json`.
+        config: PathBuf,
+    },
+    /// The tokenizer failed on an input.
+    #[error("tokenizing: {0}")]
+    Tokenize(String),
+}
+
+/// What is wrong with a model's `config.json`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON, or a missing or mistyped field.
     #[error("{0}")]
-    Input(String),
+    Json(String),
+    /// A value sinew cannot run, by its key.
+    #[error("{key} {problem}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong with its value.
+        problem: String,
+    },
 }
 
 impl BackboneError {

@@ -45,6 +45,21 @@ pub enum SubLayer {
     FeedForward,
 }
 
+impl SubLayer {
+    /// The projections inside this sub-layer.
+    pub fn projections(self) -> &'static [Projection] {
+        match self {
+            Self::Attention => &[
+                Projection::Query,
+                Projection::Key,
+                Projection::Value,
+                Projection::AttentionOutput,
+            ],
+            Self::FeedForward => &[Projection::Intermediate, Projection::Output],
+        }
+    }
+}
+
 /// Per-head keys and values of one attention sub-layer, with the mask over their positions.
 #[derive(Debug, Clone)]
 pub struct AttentionKv<B: Backend> {
@@ -86,6 +101,19 @@ pub trait Hooks<B: FusedOps> {
     fn attention_kv(&mut self, layer: usize, kv: AttentionKv<B>) -> AttentionKv<B> {
         let _ = layer;
         kv
+    }
+
+    /// The output of layer `layer` (its FFN sub-layer's end), `[batch, seq', hidden]`, where
+    /// `seq'` is `keep`'s `seq` or, when the caller reads only the first position, 1; `keep` is
+    /// the `[batch, seq]` mask of real positions. Interventions on chosen positions act here.
+    fn layer_end(
+        &mut self,
+        layer: usize,
+        hidden: Tensor<B, 3>,
+        keep: &Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
+        let _ = (layer, keep);
+        hidden
     }
 
     /// The end of a sub-layer: `output` (dense + dropout) and `residual` are `[batch, seq, hidden]`;

@@ -5,11 +5,9 @@
 //! - [`hooks`]: the extension contract — where adapters act, and the no-op default;
 //! - [`load`]: HuggingFace folders (`config.json`, `model.safetensors`, `tokenizer.json`);
 //! - [`tokenizer`]: tokenization with dynamic padding and sinew's truncation;
-//! - [`assets`]: fetching the default model, all-MiniLM-L6-v2, into sinew's cache.
 //!
 //! This crate knows nothing of adapters: `sinew-adapter` and `sinew-fusion` implement [`Hooks`].
 
-pub mod assets;
 pub mod config;
 pub mod error;
 pub mod files;
@@ -19,7 +17,7 @@ pub mod model;
 pub mod tokenizer;
 
 pub use config::BertConfig;
-pub use error::{BackboneError, Result};
+pub use error::{BackboneError, ConfigError as ModelConfigError, Result};
 pub use hooks::{AttentionKv, Hooks, NoHooks, Projection, SubLayer};
 pub use load::{load_weights, ModelFiles, Pretrained};
 pub use model::{Bert, EncoderInput, EncoderOutput, Positions, Start};

@@ -71,10 +71,9 @@ impl ModelFiles {
         };
         for path in [&files.config, &files.weights, &files.tokenizer] {
             if !path.is_file() {
-                return Err(BackboneError::Input(format!(
-                    "{}: not found (a model folder needs config.json, model.safetensors and tokenizer.json)",
-                    path.display()
-                )));
+                return Err(BackboneError::Missing {
+                    path: path.to_path_buf(),
+                });
             }
         }
         Ok(files)
@@ -101,10 +100,11 @@ impl<B: Backend> Pretrained<B> {
         let limit = config.max_tokens();
         let max_len = match max_len {
             Some(n) if n > limit => {
-                return Err(BackboneError::Input(format!(
-                    "--max-len {n} exceeds the model's {limit} positions ({})",
-                    files.config.display()
-                )))
+                return Err(BackboneError::MaxLen {
+                    requested: n,
+                    limit,
+                    config: files.config.clone(),
+                })
             }
             Some(n) => n,
             None => limit,

@@ -435,6 +435,7 @@ impl<B: FusedOps> Bert<B> {
             };
             hidden = layer.forward_for(index, hidden, keep.clone(), hooks, wanted);
             keep = repeat_to_batch(keep, hidden.dims()[0]);
+            hidden = hooks.layer_end(index, hidden, &keep);
         }
         if positions == Positions::First && first < self.encoder.layer.len() {
             keep = keep.narrow(1, 0, 1);

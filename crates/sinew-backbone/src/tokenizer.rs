@@ -86,7 +86,7 @@ impl TextTokenizer {
         let encodings = self
             .inner
             .encode_batch(inputs, true)
-            .map_err(|e| BackboneError::Input(format!("tokenizing: {e}")))?;
+            .map_err(|e| BackboneError::Tokenize(e.to_string()))?;
         Ok(Self::collect(encodings))
     }
 
@@ -103,7 +103,7 @@ impl TextTokenizer {
         let encodings = self
             .inner
             .encode_batch(inputs, true)
-            .map_err(|e| BackboneError::Input(format!("tokenizing: {e}")))?;
+            .map_err(|e| BackboneError::Tokenize(e.to_string()))?;
         Ok(Self::collect(encodings))
     }
 

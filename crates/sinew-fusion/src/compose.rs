@@ -6,20 +6,21 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 use sinew_adapter::bottleneck::Bottleneck;
+use sinew_adapter::method::Composes;
 use sinew_adapter::Adapter;
 use sinew_backbone::FusedOps;
 use sinew_backbone::LayerNorm;
 use sinew_backbone::{kernels, AttentionKv, Hooks, Projection, SubLayer};
 
 use crate::fusion::{AdapterFusion, FusionConfig, Semantics};
-use crate::setup::Setup;
+use crate::setup::{FusionId, Setup};
 
 /// What a composition reads: adapters and fusions by name.
 pub trait Registry<B: FusedOps> {
     /// Adapter `name`.
     fn adapter(&self, name: &str) -> Option<&Adapter<B>>;
-    /// Fusion `name` (`a,b,c`) and its config.
-    fn fusion(&self, name: &str) -> Option<(&FusionConfig, &AdapterFusion<B>)>;
+    /// The fusion of these adapters, and its config.
+    fn fusion(&self, id: &FusionId) -> Option<(&FusionConfig, &AdapterFusion<B>)>;
 }
 
 /// Fusion attentions recorded during a forward pass: `(layer, site, [batch, seq, adapters])`.
@@ -101,14 +102,13 @@ impl<'a, B: FusedOps, R: Registry<B>> Composition<'a, B, R> {
             .flatten()
             .into_iter()
             .filter_map(|n| self.registry.adapter(n))
-            .filter(|a| !matches!(a, Adapter::Bottleneck(_)))
+            .filter(|a| a.composes() != Composes::Bottleneck)
     }
 
     fn bottleneck(&self, name: &str) -> Option<&'a Bottleneck<B>> {
-        match self.registry.adapter(name)? {
-            Adapter::Bottleneck(a) => a.at(self.layer, self.site),
-            _ => None,
-        }
+        self.registry
+            .adapter(name)?
+            .bottleneck_at(self.layer, self.site)
     }
 
     fn compose(&mut self, setup: &Setup, state: State<B>, ln: &LayerNorm<B>) -> State<B> {
@@ -261,9 +261,8 @@ impl<'a, B: FusedOps, R: Registry<B>> Composition<'a, B, R> {
         state: State<B>,
         ln: &LayerNorm<B>,
     ) -> State<B> {
-        let name = Setup::fusion_name(children);
-        let (Some(lb), Some((config, fusion))) =
-            (self.bottleneck(last), self.registry.fusion(&name))
+        let id = FusionId::of(children);
+        let (Some(lb), Some((config, fusion))) = (self.bottleneck(last), self.registry.fusion(&id))
         else {
             return state;
         };
@@ -346,15 +345,24 @@ impl<B: FusedOps, R: Registry<B>> Hooks<B> for Composition<'_, B, R> {
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let y = kernels::linear(linear, x.clone());
-        self.others().fold(y, |y, a| match a {
-            Adapter::Lora(lora) => lora.update(layer, site, linear, x.clone(), y),
-            _ => y,
+        self.others().fold(y, |y, a| {
+            a.update_projection(layer, site, linear, x.clone(), y)
         })
     }
 
     fn attention_kv(&mut self, layer: usize, kv: AttentionKv<B>) -> AttentionKv<B> {
         self.others()
             .fold(kv, |kv, mut a| a.attention_kv(layer, kv))
+    }
+
+    fn layer_end(
+        &mut self,
+        layer: usize,
+        hidden: Tensor<B, 3>,
+        keep: &Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
+        self.others()
+            .fold(hidden, |h, mut a| a.layer_end(layer, h, keep))
     }
 
     fn sublayer_end(

@@ -21,23 +21,6 @@ use sinew_backbone::{kernels, Hooks, Projection, SubLayer};
 use crate::compose::{tile, FusionAttentions, Registry};
 use crate::fusion::{AdapterFusion, Semantics};
 
-/// Whether `adapter` acts on sub-layer `site` of `layer` (through its projections).
-pub fn acts_in<B: FusedOps>(adapter: &Adapter<B>, layer: usize, site: SubLayer) -> bool {
-    let Adapter::Lora(lora) = adapter else {
-        return false;
-    };
-    let projections: &[Projection] = match site {
-        SubLayer::Attention => &[
-            Projection::Query,
-            Projection::Key,
-            Projection::Value,
-            Projection::AttentionOutput,
-        ],
-        SubLayer::FeedForward => &[Projection::Intermediate, Projection::Output],
-    };
-    projections.iter().any(|&p| lora.at(layer, p).is_some())
-}
-
 /// The hooks of a delta fusion over LoRA/IA3 adapters.
 pub struct DeltaFusion<'a, B: Backend> {
     adapters: Vec<&'a Adapter<B>>,
@@ -95,20 +78,13 @@ impl<B: FusedOps> Hooks<B> for DeltaFusion<'_, B> {
         x: Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let y = kernels::linear(linear, x.clone());
-        if !self
-            .adapters
-            .iter()
-            .any(|a| matches!(a, Adapter::Lora(l) if l.at(layer, site).is_some()))
-        {
+        if !self.adapters.iter().any(|a| a.updates(layer, site)) {
             return y;
         }
         let mut parts = vec![self.rows(y.clone(), 0)];
         for (i, adapter) in self.adapters.iter().enumerate() {
             let (xi, yi) = (self.rows(x.clone(), i + 1), self.rows(y.clone(), i + 1));
-            parts.push(match adapter {
-                Adapter::Lora(lora) => lora.update(layer, site, linear, xi, yi),
-                _ => yi,
-            });
+            parts.push(adapter.update_projection(layer, site, linear, xi, yi));
         }
         Tensor::cat(parts, 0)
     }

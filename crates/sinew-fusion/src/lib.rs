@@ -7,8 +7,9 @@
 //! - [`delta`]: fusion of LoRA/IA3 adapters over the sub-layer deltas they cause (beyond
 //!   AdapterHub, which fuses bottleneck adapters only);
 //! - [`merge`]: weight-space LoRA merges (linear, cat, SVD, TIES, DARE);
-//! - [`model`]: [`AdapterModel`], backbone + named adapters, fusions and heads, with freezing for
-//!   `train_adapter` and `train_fusion`, and AdapterHub's files.
+//! - [`model`]: [`AdapterModel`], backbone + named adapters, fusions and heads — its registry,
+//!   AdapterHub's files, what trains (freezing for `train_adapter` and `train_fusion`, merges) and
+//!   the forward passes, one file each.
 //!
 //! # Where sinew departs from AdapterHub
 //! [`Semantics::Sinew`] (the default) corrects these; [`Semantics::AdapterHub`]
@@ -34,12 +35,14 @@
 
 pub mod compose;
 pub mod delta;
+pub mod error;
 pub mod fusion;
 pub mod merge;
 pub mod model;
 pub mod setup;
 
+pub use error::FusionError;
 pub use fusion::{AdapterFusion, FusionConfig, FusionLayer, Semantics};
-pub use merge::{MergeMethod, MergeOptions};
+pub use merge::{MergeError, MergeMethod, MergeOptions};
 pub use model::{AdapterModel, AdapterOutput, HeadOutput, TrainedParts, TrainedPartsRecord};
-pub use setup::Setup;
+pub use setup::{FusionId, ParseError, Setup};

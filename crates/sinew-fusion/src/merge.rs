@@ -38,10 +38,50 @@ pub enum MergeMethod {
     DareTies,
 }
 
-impl std::str::FromStr for MergeMethod {
-    type Err = String;
+/// Merge settings or inputs that do not combine.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// A method name that is not one of [`MergeMethod`]'s.
+    #[error("unknown merge method `{0}` (linear, cat, svd, ties, dare_linear, dare_ties)")]
+    UnknownMethod(String),
+    /// Not one weight per input.
+    #[error("{weights} weights for {adapters} adapters")]
+    Weights {
+        /// Weights given.
+        weights: usize,
+        /// Adapters given.
+        adapters: usize,
+    },
+    /// A density outside (0, 1].
+    #[error("density {0} must be in (0, 1]")]
+    Density(f64),
+    /// `linear` over factors of different ranks.
+    #[error("linear merges need equal ranks ({0} and {1}); use cat or svd")]
+    Ranks(usize, usize),
+    /// No inputs.
+    #[error("nothing to merge")]
+    Nothing,
+    /// Inputs whose kind cannot be merged in weight space (gates, per-module placement, own
+    /// biases, LoRA with IA3, IA3 by anything but `linear`).
+    #[error("{0}")]
+    Inputs(&'static str),
+    /// IA3 adapters that scale different projections.
+    #[error("IA3 adapters must sit at the same projections: layer {layer} {site:?} differs")]
+    Ia3Sites {
+        /// The layer.
+        layer: usize,
+        /// The projection one adapter scales and another does not.
+        site: Projection,
+    },
+    /// The merged adapter could not be built.
+    #[error(transparent)]
+    Adapter(#[from] sinew_adapter::AdapterError),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for MergeMethod {
+    type Err = MergeError;
+
+    fn from_str(s: &str) -> Result<Self, MergeError> {
         Ok(match s {
             "linear" => Self::Linear,
             "cat" => Self::Cat,
@@ -49,11 +89,7 @@ impl std::str::FromStr for MergeMethod {
             "ties" => Self::Ties,
             "dare_linear" => Self::DareLinear,
             "dare_ties" => Self::DareTies,
-            other => {
-                return Err(format!(
-                "unknown merge method `{other}` (linear, cat, svd, ties, dare_linear, dare_ties)"
-            ))
-            }
+            other => return Err(MergeError::UnknownMethod(other.to_string())),
         })
     }
 }
@@ -111,16 +147,15 @@ impl LowRank {
 }
 
 /// Merges the updates of one projection.
-pub fn merge(parts: &[LowRank], options: &MergeOptions) -> Result<LowRank, String> {
+pub fn merge(parts: &[LowRank], options: &MergeOptions) -> Result<LowRank, MergeError> {
     if parts.len() != options.weights.len() {
-        return Err(format!(
-            "{} weights for {} adapters",
-            options.weights.len(),
-            parts.len()
-        ));
+        return Err(MergeError::Weights {
+            weights: options.weights.len(),
+            adapters: parts.len(),
+        });
     }
     if !(options.density > 0.0 && options.density <= 1.0) {
-        return Err(format!("density {} must be in (0, 1]", options.density));
+        return Err(MergeError::Density(options.density));
     }
     let weights: Vec<f32> = options.weights.iter().map(|&w| w as f32).collect();
     let rank = options
@@ -138,10 +173,7 @@ pub fn merge(parts: &[LowRank], options: &MergeOptions) -> Result<LowRank, Strin
         MergeMethod::Linear => {
             let r = parts[0].a.nrows();
             if let Some(p) = parts.iter().find(|p| p.a.nrows() != r) {
-                return Err(format!(
-                    "linear merges need equal ranks ({r} and {}); use cat or svd",
-                    p.a.nrows()
-                ));
+                return Err(MergeError::Ranks(r, p.a.nrows()));
             }
             let sum = |f: &dyn Fn(&LowRank) -> &DMatrix<f32>| {
                 parts
@@ -198,10 +230,10 @@ pub fn merge_lora<B: FusedOps>(
     inputs: &[(&LoraConfig, &LoraAdapter<B>)],
     options: &MergeOptions,
     device: &B::Device,
-) -> Result<(LoraConfig, LoraAdapter<B>), String> {
-    let (first, _) = *inputs.first().ok_or("nothing to merge")?;
+) -> Result<(LoraConfig, LoraAdapter<B>), MergeError> {
+    let (first, _) = *inputs.first().ok_or(MergeError::Nothing)?;
     if inputs.iter().any(|(c, _)| c.use_gating) {
-        return Err("gated LoRA adapters cannot be merged".into());
+        return Err(MergeError::Inputs("gated LoRA adapters cannot be merged"));
     }
     // Per-module ranks, alphas or sites (PEFT's rank_pattern, alpha_pattern, rsLoRA, the
     // attention output) do not fit the one rank and scaling a merged adapter has.
@@ -209,28 +241,30 @@ pub fn merge_lora<B: FusedOps>(
         .iter()
         .any(|(c, _)| c.peft.as_ref().is_some_and(|p| !p.sites.is_empty()))
     {
-        return Err(
+        return Err(MergeError::Inputs(
             "LoRA adapters placed per module (PEFT's rank_pattern, alpha_pattern, use_rslora or \
-             the attention output) cannot be merged in weight space"
-                .into(),
-        );
+             the attention output) cannot be merged in weight space",
+        ));
     }
     if inputs.iter().any(|(_, a)| a.has_own_biases()) {
-        return Err(
+        return Err(MergeError::Inputs(
             "LoRA adapters with their own biases (PEFT's bias \"lora_only\") cannot be merged in \
-             weight space"
-                .into(),
-        );
+             weight space",
+        ));
     }
     let ia3 = first.composition_mode == CompositionMode::Scale;
     if inputs
         .iter()
         .any(|(c, _)| (c.composition_mode == CompositionMode::Scale) != ia3)
     {
-        return Err("LoRA and IA3 adapters cannot be merged together".into());
+        return Err(MergeError::Inputs(
+            "LoRA and IA3 adapters cannot be merged together",
+        ));
     }
     if ia3 && options.method != MergeMethod::Linear {
-        return Err("IA3 adapters (scaling vectors) merge by `linear` only".into());
+        return Err(MergeError::Inputs(
+            "IA3 adapters (scaling vectors) merge by `linear` only",
+        ));
     }
     let to_matrix = |t: Tensor<B, 2>| {
         let [rows, cols] = t.dims();
@@ -275,11 +309,7 @@ pub fn merge_lora<B: FusedOps>(
                         b: to_matrix(s.lora_b.val().transpose()),
                         scaling: if ia3 { c.alpha } else { c.alpha / c.r as f64 } as f32,
                     },
-                    None if ia3 => {
-                        return Err(format!(
-                            "IA3 adapters must sit at the same projections: layer {layer} {site:?} differs"
-                        ))
-                    }
+                    None if ia3 => return Err(MergeError::Ia3Sites { layer, site }),
                     None => LowRank {
                         a: DMatrix::zeros(c.r, d_in),
                         b: DMatrix::zeros(d_out, c.r),
@@ -301,7 +331,7 @@ pub fn merge_lora<B: FusedOps>(
             ..placement
         }
     };
-    let mut adapter = LoraAdapter::new(&config, model, device).map_err(|e| e.to_string())?;
+    let mut adapter = LoraAdapter::new(&config, model, device)?;
     for (layer, site, m) in merged {
         let slot = sites_mut(&mut adapter, site)[layer]
             .as_mut()
@@ -487,15 +517,23 @@ mod tests {
     fn bad_options_are_named() {
         let mut o = options(MergeMethod::Ties);
         o.weights = vec![1.0];
-        assert!(merge(&parts(), &o)
-            .unwrap_err()
-            .contains("1 weights for 2 adapters"));
+        assert!(matches!(
+            merge(&parts(), &o).unwrap_err(),
+            MergeError::Weights {
+                weights: 1,
+                adapters: 2
+            }
+        ));
         let mut o = options(MergeMethod::Ties);
         o.density = 0.0;
-        assert!(merge(&parts(), &o).unwrap_err().contains("density"));
+        assert!(matches!(
+            merge(&parts(), &o).unwrap_err(),
+            MergeError::Density(d) if d == 0.0
+        ));
         assert!("mean"
             .parse::<MergeMethod>()
             .unwrap_err()
+            .to_string()
             .contains("`mean`"));
     }
 }

@@ -82,13 +82,19 @@ impl Setup {
         }
     }
 
-    /// AdapterHub's name of a fusion: its adapters joined by commas (`a,b,c`).
-    pub fn fusion_name(children: &[Setup]) -> String {
-        children
-            .iter()
-            .flat_map(Setup::flatten)
-            .collect::<Vec<_>>()
-            .join(",")
+    /// One adapter.
+    pub fn adapter(name: impl Into<String>) -> Self {
+        Self::Adapter(name.into())
+    }
+
+    /// `Fuse` over the named adapters, in order.
+    pub fn fuse<S: Into<String>>(adapters: impl IntoIterator<Item = S>) -> Self {
+        Self::Fuse(adapters.into_iter().map(Self::adapter).collect())
+    }
+
+    /// `Stack` of the named adapters, bottom first.
+    pub fn stack<S: Into<String>>(adapters: impl IntoIterator<Item = S>) -> Self {
+        Self::Stack(adapters.into_iter().map(Self::adapter).collect())
     }
 
     /// The heads a setup predicts with, as AdapterHub picks them: the last adapter's (of a
@@ -98,7 +104,7 @@ impl Setup {
         match self {
             Self::Adapter(name) => vec![name.clone()],
             Self::Stack(children) => children.last().expect("non-empty").heads(),
-            Self::Fuse(children) => vec![Self::fusion_name(children)],
+            Self::Fuse(children) => vec![FusionId::of(children).to_string()],
             Self::Parallel(children) | Self::BatchSplit(children, _) => {
                 children.iter().map(|c| c.last().to_string()).collect()
             }
@@ -116,14 +122,14 @@ impl Setup {
     }
 
     /// Parses a setup expression: a name, or `Block(child, …[, key=value])`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
         let mut parser = Parser { text, pos: 0 };
         let setup = parser.setup()?;
         parser.skip_space();
         if parser.pos != text.len() {
             return Err(parser.error("unexpected text after the setup"));
         }
-        setup.validate(0)?;
+        setup.validate(0).map_err(|message| parser.fail(message))?;
         Ok(setup)
     }
 
@@ -222,6 +228,125 @@ impl fmt::Display for Setup {
     }
 }
 
+impl std::str::FromStr for Setup {
+    type Err = ParseError;
+
+    fn from_str(text: &str) -> Result<Self, ParseError> {
+        Self::parse(text)
+    }
+}
+
+/// A setup expression that does not parse, or breaks AdapterHub's nesting rules.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("setup `{}`: {message}{}", setup.escape_debug(), column.map(|c| format!(" at column {c}")).unwrap_or_default())]
+pub struct ParseError {
+    /// The expression.
+    pub setup: String,
+    /// Where in it (from 1), when one place is wrong.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A fusion's identity: the adapters it fuses, in order. AdapterHub names a fusion — in its
+/// files' keys, and the head it predicts with — by these names joined with commas (`a,b,c`):
+/// [`Display`](fmt::Display) writes that name and `From<&str>` reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(from = "String", into = "String")]
+pub struct FusionId(Vec<String>);
+
+impl FusionId {
+    /// The fusion of `adapters`, in this order.
+    pub fn new<S: Into<String>>(adapters: impl IntoIterator<Item = S>) -> Self {
+        Self(adapters.into_iter().map(Into::into).collect())
+    }
+
+    /// The fusion a `Fuse` block with these children reads: every adapter below it, left to right.
+    pub fn of(children: &[Setup]) -> Self {
+        Self::new(children.iter().flat_map(Setup::flatten))
+    }
+
+    /// Its adapters, in order.
+    pub fn adapters(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The setup that runs it: `Fuse(a, b, c)`.
+    pub fn setup(&self) -> Setup {
+        Setup::fuse(self.0.iter().cloned())
+    }
+}
+
+impl fmt::Display for FusionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl PartialEq<str> for FusionId {
+    /// Equal to AdapterHub's name of the same fusion, `a,b,c`.
+    fn eq(&self, name: &str) -> bool {
+        name.split(',')
+            .map(str::trim)
+            .eq(self.0.iter().map(String::as_str))
+    }
+}
+
+impl PartialEq<&str> for FusionId {
+    fn eq(&self, name: &&str) -> bool {
+        self == *name
+    }
+}
+
+impl From<&str> for FusionId {
+    /// AdapterHub's name, `a,b,c`.
+    fn from(name: &str) -> Self {
+        Self::new(name.split(',').map(str::trim))
+    }
+}
+
+impl From<String> for FusionId {
+    fn from(name: String) -> Self {
+        Self::from(name.as_str())
+    }
+}
+
+impl From<&String> for FusionId {
+    fn from(name: &String) -> Self {
+        Self::from(name.as_str())
+    }
+}
+
+impl From<&FusionId> for FusionId {
+    fn from(id: &FusionId) -> Self {
+        id.clone()
+    }
+}
+
+impl From<&[&str]> for FusionId {
+    fn from(adapters: &[&str]) -> Self {
+        Self::new(adapters.iter().copied())
+    }
+}
+
+impl<const N: usize> From<[&str; N]> for FusionId {
+    fn from(adapters: [&str; N]) -> Self {
+        Self::new(adapters)
+    }
+}
+
+impl From<Vec<String>> for FusionId {
+    fn from(adapters: Vec<String>) -> Self {
+        Self(adapters)
+    }
+}
+
+impl From<FusionId> for String {
+    fn from(id: FusionId) -> Self {
+        id.to_string()
+    }
+}
+
 struct Parser<'a> {
     text: &'a str,
     pos: usize,
@@ -235,10 +360,22 @@ enum Arg {
 }
 
 impl<'a> Parser<'a> {
-    fn error(&self, what: &str) -> String {
-        // Escaped: the text may hold line breaks, and an error is one line.
-        let text = self.text.escape_debug();
-        format!("setup `{text}`: {what} at column {}", self.pos + 1)
+    /// What is wrong at the current position.
+    fn error(&self, what: &str) -> ParseError {
+        ParseError {
+            setup: self.text.to_string(),
+            column: Some(self.pos + 1),
+            message: what.to_string(),
+        }
+    }
+
+    /// What is wrong with the expression as a whole.
+    fn fail(&self, message: String) -> ParseError {
+        ParseError {
+            setup: self.text.to_string(),
+            column: None,
+            message,
+        }
     }
 
     fn skip_space(&mut self) {
@@ -257,7 +394,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn word(&mut self) -> Result<&'a str, String> {
+    fn word(&mut self) -> Result<&'a str, ParseError> {
         self.skip_space();
         let text = self.text;
         let start = self.pos;
@@ -272,7 +409,7 @@ impl<'a> Parser<'a> {
         Ok(&text[start..start + len])
     }
 
-    fn setup(&mut self) -> Result<Setup, String> {
+    fn setup(&mut self) -> Result<Setup, ParseError> {
         let word = self.word()?.to_string();
         if !self.eat('(') {
             return Ok(Setup::Adapter(word));
@@ -288,10 +425,9 @@ impl<'a> Parser<'a> {
         ]
         .contains(&block)
         {
-            return Err(format!(
-                "setup `{}`: unknown block `{block}` (Stack, Fuse, Parallel, BatchSplit, Split, Average)",
-                self.text.escape_debug()
-            ));
+            return Err(self.fail(format!(
+                "unknown block `{block}` (Stack, Fuse, Parallel, BatchSplit, Split, Average)"
+            )));
         }
         let mut children = Vec::new();
         let mut numbers: Vec<(String, Vec<f64>)> = Vec::new();
@@ -303,12 +439,7 @@ impl<'a> Parser<'a> {
                 Arg::Flag(key, value) if key == "normalize_weights" && block == "Average" => {
                     normalize = value
                 }
-                Arg::Flag(key, _) => {
-                    return Err(format!(
-                        "setup `{}`: {block} has no flag `{key}`",
-                        self.text.escape_debug()
-                    ))
-                }
+                Arg::Flag(key, _) => return Err(self.fail(format!("{block} has no flag `{key}`"))),
             }
             if self.eat(')') {
                 break;
@@ -317,23 +448,21 @@ impl<'a> Parser<'a> {
                 return Err(self.error("expected `,` or `)`"));
             }
         }
-        let mut take = |key: &str| -> Result<Option<Vec<f64>>, String> {
-            match numbers.iter().position(|(k, _)| k == key) {
-                Some(i) => Ok(Some(numbers.remove(i).1)),
-                None => Ok(None),
-            }
+        let mut take = |key: &str| {
+            numbers
+                .iter()
+                .position(|(k, _)| k == key)
+                .map(|i| numbers.remove(i).1)
         };
-        let counts = |key: &str, values: Option<Vec<f64>>| -> Result<Vec<usize>, String> {
-            let values = values.ok_or_else(|| format!("setup: {block} needs `{key}=[…]`"))?;
+        let counts = |key: &str, values: Option<Vec<f64>>| -> Result<Vec<usize>, ParseError> {
+            let values = values.ok_or_else(|| self.fail(format!("{block} needs `{key}=[…]`")))?;
             values
                 .iter()
                 .map(|&v| {
                     if v >= 0.0 && v.fract() == 0.0 {
                         Ok(v as usize)
                     } else {
-                        Err(format!(
-                            "setup: {block} `{key}` must hold whole numbers, not {v}"
-                        ))
+                        Err(self.fail(format!("{block} `{key}` must hold whole numbers, not {v}")))
                     }
                 })
                 .collect()
@@ -343,16 +472,16 @@ impl<'a> Parser<'a> {
             "Fuse" => Setup::Fuse(children),
             "Parallel" => Setup::Parallel(children),
             "BatchSplit" => {
-                let sizes = counts("batch_sizes", take("batch_sizes")?)?;
+                let sizes = counts("batch_sizes", take("batch_sizes"))?;
                 Setup::BatchSplit(children, sizes)
             }
             "Split" => {
-                let splits = counts("splits", take("splits")?)?;
+                let splits = counts("splits", take("splits"))?;
                 Setup::Split(children, splits)
             }
             _ => {
                 let n = children.len();
-                let weights = take("weights")?.unwrap_or_else(|| vec![1.0 / n as f64; n]);
+                let weights = take("weights").unwrap_or_else(|| vec![1.0 / n as f64; n]);
                 let sum: f64 = weights.iter().sum();
                 let weights = if normalize && sum != 0.0 {
                     weights.iter().map(|w| w / sum).collect()
@@ -363,15 +492,12 @@ impl<'a> Parser<'a> {
             }
         };
         if let Some((key, _)) = numbers.first() {
-            return Err(format!(
-                "setup `{}`: {block} has no argument `{key}`",
-                self.text.escape_debug()
-            ));
+            return Err(self.fail(format!("{block} has no argument `{key}`")));
         }
         Ok(setup)
     }
 
-    fn arg(&mut self) -> Result<Arg, String> {
+    fn arg(&mut self) -> Result<Arg, ParseError> {
         let save = self.pos;
         let word = self.word()?.to_string();
         if !self.eat('=') {
@@ -384,12 +510,9 @@ impl<'a> Parser<'a> {
             if !self.eat(']') {
                 loop {
                     let number = self.word()?;
-                    let value = number.parse::<f64>().map_err(|_| {
-                        format!(
-                            "setup `{}`: `{number}` is not a number",
-                            self.text.escape_debug()
-                        )
-                    })?;
+                    let value = number
+                        .parse::<f64>()
+                        .map_err(|_| self.fail(format!("`{number}` is not a number")))?;
                     values.push(value);
                     if self.eat(']') {
                         break;
@@ -404,10 +527,9 @@ impl<'a> Parser<'a> {
         match self.word()? {
             "true" | "True" => Ok(Arg::Flag(word, true)),
             "false" | "False" => Ok(Arg::Flag(word, false)),
-            other => Err(format!(
-                "setup `{}`: `{word}={other}`: expected a list `[…]` or true/false",
-                self.text.escape_debug()
-            )),
+            other => Err(self.fail(format!(
+                "`{word}={other}`: expected a list `[…]` or true/false"
+            ))),
         }
     }
 }
@@ -481,7 +603,7 @@ mod tests {
             ("Stack(a, b, weights=[1, 2])", "no argument `weights`"),
             ("Average(a, b, weights=[x])", "`x` is not a number"),
         ] {
-            let err = Setup::parse(text).unwrap_err();
+            let err = Setup::parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sinew_backbone::{TextTokenizer, TokenBatch};
 
-use crate::tasks::{DataError, Example};
+use sinew_data::{DataError, Example};
 
 /// One tokenized example, unpadded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -96,7 +96,7 @@ impl ActivationCache {
                 truncated: Vec::new(),
             };
             let input = part.to_input::<B::InnerBackend>(device);
-            let hidden = model.backbone.valid().hidden_before(&input, self.layer);
+            let hidden = model.backbone().valid().hidden_before(&input, self.layer);
             let seq = hidden.dims()[1];
             let values = hidden
                 .into_data()

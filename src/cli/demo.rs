@@ -10,11 +10,11 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::backbone::files::write_atomic;
-use crate::backend::BackendKind;
-use crate::run::{DataSpec, Method, RunSpec, TaskResult, TrainJob};
-use crate::trainer::metrics::Scores;
-use crate::trainer::train::TrainConfig;
+use crate::cli::run::{DataSpec, Method, RunSpec, TaskResult, TrainJob};
+use sinew::backbone::files::write_atomic;
+use sinew::backend::BackendKind;
+use sinew::trainer::metrics::Scores;
+use sinew::trainer::train::TrainConfig;
 
 /// What the demo trains (`sinew demo`'s flags).
 #[derive(Debug, Clone, clap::Args)]
@@ -51,7 +51,7 @@ pub struct Demo {
     #[arg(long, default_value_t = 13)]
     pub seed: u64,
     /// Burn backend to run on (default: the fastest CPU backend compiled in).
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value_t)]
     pub backend: BackendKind,
 }
 
@@ -91,7 +91,7 @@ impl Demo {
     fn run(&self, dir: &str, label: &str, spec: RunSpec) -> anyhow::Result<(Vec<TaskResult>, f64)> {
         let out = self.out.join(dir);
         let done = || -> Option<Vec<TaskResult>> {
-            let record: crate::run::RunRecord =
+            let record: crate::cli::run::RunRecord =
                 serde_json::from_slice(&std::fs::read(out.join("run.json")).ok()?).ok()?;
             (record.spec == spec).then_some(())?;
             serde_json::from_slice(&std::fs::read(out.join("results.json")).ok()?).ok()
@@ -205,13 +205,13 @@ impl Demo {
         )?;
         let methods: Vec<String> = rows.iter().map(|r| r.method.clone()).collect();
         let path = self.out.join("accuracy.png");
-        let drawn = crate::plot::bars(
+        let drawn = crate::cli::plot::bars(
             &path,
             &format!("{}: test accuracy", self.target),
             &methods,
             &rows.iter().map(|r| r.test.accuracy).collect::<Vec<_>>(),
         );
-        crate::plot::best_effort(&path, drawn);
+        crate::cli::plot::best_effort(&path, drawn);
         eprintln!(
             "wrote {} (table), accuracy.png, and per run loss.png, dev.png (fusion.png for the fusion)",
             self.out.join("results.md").display()

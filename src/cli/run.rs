@@ -11,22 +11,23 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::FusedOps;
+use sinew_backbone::{FusedAutodiff, FusedOps};
 
-use crate::adapter::{HeadConfig, MethodConfig};
-use crate::backbone::files::{sha256_file, write_atomic};
-use crate::backbone::{assets, ModelFiles, Pretrained, TextTokenizer};
-use crate::backend::BackendJob;
-use crate::fusion::{AdapterModel, FusionConfig};
-use crate::trainer::batching::{tokenize_cached, Tokens};
-use crate::trainer::checkpoint::{parts_to_stable_bytes, restore_from_bytes, Checkpoint};
-use crate::trainer::data::{prepare, read_split, stratified_split, subsample, task_dir};
-use crate::trainer::metrics::Scores;
-use crate::trainer::monitor::Monitor;
-use crate::trainer::table::{load, Columns};
-use crate::trainer::tasks::{task, Example};
-use crate::trainer::train::EpochLog;
-use crate::trainer::train::{activate, evaluate, set_regime, train, Regime, TaskData, TrainConfig};
+use sinew::adapter::{HeadConfig, MethodConfig};
+use sinew::backbone::files::{sha256_file, write_atomic};
+use sinew::backbone::{ModelFiles, Pretrained, TextTokenizer};
+use sinew::backend::BackendJob;
+use sinew::data::assets;
+use sinew::data::splits::{prepare, read_split, stratified_split, subsample, task_dir};
+use sinew::data::table::{load, Columns};
+use sinew::data::tasks::{task, Example};
+use sinew::fusion::{AdapterModel, FusionConfig, FusionId};
+use sinew::trainer::batching::{tokenize_cached, Tokens};
+use sinew::trainer::checkpoint::{parts_to_stable_bytes, restore_from_bytes, Checkpoint};
+use sinew::trainer::metrics::Scores;
+use sinew::trainer::monitor::Monitor;
+use sinew::trainer::train::{activate, evaluate, set_regime, train, Regime, TaskData, TrainConfig};
+use sinew::trainer::train::{EpochLog, Outcome};
 
 /// What trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -319,17 +320,17 @@ pub struct RunRecord {
     pub spec: RunSpec,
     /// Per task: its name and labels.
     pub tasks: Vec<(String, Vec<String>)>,
-    /// The fusion's name (`a,b,c`), for fusion runs.
-    pub fusion: Option<String>,
+    /// The fusion, for fusion runs (written as AdapterHub names it, `a,b,c`).
+    pub fusion: Option<FusionId>,
 }
 
 /// The model a run trains, before training: the backbone with the run's adapters, fusion and
-/// heads (freshly initialised where new); the regime and the fusion's name.
+/// heads (freshly initialised where new); the regime and the fusion.
 fn build_model<B: FusedOps>(
     record: &RunRecord,
     pretrained: Pretrained<B>,
     device: &B::Device,
-) -> anyhow::Result<(AdapterModel<B>, Regime, Option<String>)> {
+) -> anyhow::Result<(AdapterModel<B>, Regime, Option<FusionId>)> {
     let spec = &record.spec;
     let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
     let regime = match spec.method {
@@ -358,11 +359,15 @@ fn build_model<B: FusedOps>(
                 other => bail!("fusion `{other}`: expected dynamic or static"),
             };
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let name = model.add_fusion(&names, config, device)?;
+            let fusion = model.add_fusion(&names, config, device)?;
             let (_, labels) = &record.tasks[0];
-            model.add_head(&name, HeadConfig::classification(labels), device)?;
+            model.add_head(
+                &fusion.to_string(),
+                HeadConfig::classification(labels),
+                device,
+            )?;
             Regime::Fusion {
-                name,
+                fusion,
                 unfreeze_adapters: spec.unfreeze_adapters,
             }
         }
@@ -375,7 +380,7 @@ fn build_model<B: FusedOps>(
         }
     };
     let fusion = match &regime {
-        Regime::Fusion { name, .. } => Some(name.clone()),
+        Regime::Fusion { fusion, .. } => Some(fusion.clone()),
         _ => None,
     };
     Ok((model, regime, fusion))
@@ -411,6 +416,47 @@ impl BackendJob for TrainJob {
     type Output = Vec<TaskResult>;
 
     fn run<B: FusedOps>(self, device: &B::Device) -> anyhow::Result<Vec<TaskResult>> {
+        self.check()?;
+        let checkpoint = self.prepare_out()?;
+        let model_dir = self.spec.model_dir()?;
+        let cache = TokenCache::new(&model_dir, self.spec.max_len)?;
+        let data = self.load_tasks(&cache)?;
+        let tasks: Vec<TaskData> = data.iter().map(|(t, _)| t.clone()).collect();
+        let (mut model, regime, record) = self.build::<B>(&model_dir, &data, device)?;
+        self.announce(&mut model, &regime, &tasks)?;
+        let mut monitor = Monitor::new(&self.label, Some(&self.out.join("metrics.jsonl")))?;
+        let outcome = train(
+            &mut model,
+            &regime,
+            &tasks,
+            &self.spec.train,
+            Some(&checkpoint),
+            &mut monitor,
+        );
+        monitor.finish();
+        let outcome = outcome?;
+        if outcome.interrupted {
+            eprintln!(
+                "{}: stopped at step {} (checkpoint {}); run again with --resume to finish",
+                self.label,
+                self.spec.train.stop_after.unwrap_or_default(),
+                checkpoint.path().display()
+            );
+            return Ok(Vec::new());
+        }
+        self.write_outputs(&model, &record, &regime, &outcome)?;
+        let results = self.results(&model, &record, &regime, &data, &outcome, &cache, device)?;
+        write_atomic(
+            &self.out.join("results.json"),
+            &serde_json::to_vec_pretty(&results)?,
+        )?;
+        Ok(results)
+    }
+}
+
+impl TrainJob {
+    /// The run's tasks and method agree.
+    fn check(&self) -> anyhow::Result<()> {
         let spec = &self.spec;
         if spec.tasks.is_empty() {
             bail!("no task: give --task or --train (or [[tasks]] in the run file)");
@@ -418,7 +464,11 @@ impl BackendJob for TrainJob {
         if spec.method != Method::Adapter && spec.tasks.len() > 1 {
             bail!("only `adapter` runs train several tasks at once");
         }
-        spec.train.validate()?;
+        Ok(spec.train.validate()?)
+    }
+
+    /// The output folder and its checkpoint: an existing one is continued only with `resume`.
+    fn prepare_out(&self) -> anyhow::Result<Checkpoint> {
         std::fs::create_dir_all(&self.out).with_context(|| self.out.display().to_string())?;
         let checkpoint = Checkpoint::new(&self.out);
         if checkpoint.path().exists() && !self.resume {
@@ -430,86 +480,113 @@ impl BackendJob for TrainJob {
         if self.resume {
             // A run killed mid-write (SIGKILL) leaves its temporary file; the rename never
             // happened, so the previous checkpoint is whole and the leftover is garbage.
-            let stale = crate::backbone::files::remove_stale_temporaries(&self.out);
+            let stale = sinew::backbone::files::remove_stale_temporaries(&self.out);
             if stale > 0 {
                 tracing::info!("removed {stale} temporary files of an interrupted run");
             }
         }
-        let model_dir = spec.model_dir()?;
-        let cache = TokenCache::new(&model_dir, spec.max_len)?;
-        let mut tasks = Vec::new();
+        Ok(checkpoint)
+    }
+
+    /// Every task's examples, and their tokens for training and dev.
+    fn load_tasks(&self, cache: &TokenCache) -> anyhow::Result<Vec<(TaskData, Examples)>> {
         let mut data = Vec::new();
-        for d in &spec.tasks {
+        for d in &self.spec.tasks {
             let examples = load_examples(d)?;
-            let name = d.task.clone();
-            tasks.push((name.clone(), examples.labels.clone()));
-            data.push((
-                TaskData {
-                    name,
-                    train: cache.tokens(&examples.train, &examples.labels)?,
-                    dev: cache.tokens(&examples.dev, &examples.labels)?,
-                    classes: examples.labels.len(),
-                },
-                examples,
-            ));
+            let task = TaskData {
+                name: d.task.clone(),
+                train: cache.tokens(&examples.train, &examples.labels)?,
+                dev: cache.tokens(&examples.dev, &examples.labels)?,
+                classes: examples.labels.len(),
+            };
+            data.push((task, examples));
         }
+        Ok(data)
+    }
+
+    /// The model to train, its regime, and what `run.json` records.
+    fn build<B: FusedOps>(
+        &self,
+        model_dir: &Path,
+        data: &[(TaskData, Examples)],
+        device: &B::Device,
+    ) -> anyhow::Result<(AdapterModel<Autodiff<B>>, Regime, RunRecord)> {
+        let spec = &self.spec;
         // Everything random is a function of the seed: the new adapters', fusion's and heads'
         // initial weights too (the loop reseeds before every step).
         <Autodiff<B> as Backend>::seed(device, spec.train.seed);
-        let pretrained = Pretrained::<Autodiff<B>>::load(&model_dir, Some(spec.max_len), device)?;
+        let pretrained = Pretrained::<Autodiff<B>>::load(model_dir, Some(spec.max_len), device)?;
         let mut record = RunRecord {
             spec: spec.clone(),
-            tasks,
+            tasks: data
+                .iter()
+                .map(|(t, e)| (t.name.clone(), e.labels.clone()))
+                .collect(),
             fusion: None,
         };
-        let (mut model, regime, fusion) = build_model(&record, pretrained, device)?;
+        let (model, regime, fusion) = build_model(&record, pretrained, device)?;
         record.fusion = fusion;
-        let task_data: Vec<TaskData> = data.iter().map(|(t, _)| t.clone()).collect();
-        let (trainable, total) = {
-            let mut probe = model.clone();
-            set_regime(&mut probe, &regime, &task_data)?;
-            probe.param_counts()
-        };
+        Ok((model, regime, record))
+    }
+
+    /// Puts the model in its training regime and says how much of it trains.
+    fn announce<B: FusedAutodiff>(
+        &self,
+        model: &mut AdapterModel<B>,
+        regime: &Regime,
+        tasks: &[TaskData],
+    ) -> anyhow::Result<()> {
+        set_regime(model, regime, tasks)?;
+        let (trainable, total) = model.param_counts();
         eprintln!(
             "{}: training {trainable} of {total} parameters ({:.2}%) on {} examples",
             self.label,
             100.0 * trainable as f64 / total as f64,
-            task_data.iter().map(|t| t.train.len()).sum::<usize>()
+            tasks.iter().map(|t| t.train.len()).sum::<usize>()
         );
-        let mut monitor = Monitor::new(&self.label, Some(&self.out.join("metrics.jsonl")))?;
-        let outcome = train(
-            &mut model,
-            &regime,
-            &task_data,
-            &spec.train,
-            Some(&checkpoint),
-            &mut monitor,
-        );
-        monitor.finish();
-        let outcome = outcome?;
-        if outcome.interrupted {
-            eprintln!(
-                "{}: stopped at step {} (checkpoint {}); run again with --resume to finish",
-                self.label,
-                spec.train.stop_after.unwrap_or_default(),
-                checkpoint.path().display()
-            );
-            return Ok(Vec::new());
-        }
+        Ok(())
+    }
+
+    /// `parts.bin`, `run.json`, the AdapterHub folders and the loss and dev pictures.
+    fn write_outputs<B: FusedOps>(
+        &self,
+        model: &AdapterModel<B>,
+        record: &RunRecord,
+        regime: &Regime,
+        outcome: &Outcome,
+    ) -> anyhow::Result<()> {
         write_atomic(
             &self.out.join("parts.bin"),
-            &parts_to_stable_bytes(&model).map_err(anyhow::Error::msg)?,
+            &parts_to_stable_bytes(model).map_err(anyhow::Error::msg)?,
         )?;
         write_atomic(
             &self.out.join("run.json"),
-            &serde_json::to_vec_pretty(&record)?,
+            &serde_json::to_vec_pretty(record)?,
         )?;
-        save_folders(&model, &record, &regime, &self.out)?;
-        crate::plot::best_effort(&self.out, plot_run(&self.out, &outcome.epochs));
+        save_folders(model, record, regime, &self.out)?;
+        crate::cli::plot::best_effort(&self.out, plot_run(&self.out, &outcome.epochs));
+        Ok(())
+    }
+
+    /// Per task: the best epoch's dev scores and the kept weights' test scores; for a fusion,
+    /// `fusion.png` with its mean attention on dev.
+    #[allow(clippy::too_many_arguments)]
+    fn results<B: FusedAutodiff>(
+        &self,
+        model: &AdapterModel<B>,
+        record: &RunRecord,
+        regime: &Regime,
+        data: &[(TaskData, Examples)],
+        outcome: &Outcome,
+        cache: &TokenCache,
+        device: &B::Device,
+    ) -> anyhow::Result<Vec<TaskResult>> {
+        let spec = &self.spec;
+        let (trainable, _) = model.param_counts();
         let mut valid = model.valid();
         let mut results = Vec::new();
         for (i, (task, examples)) in data.iter().enumerate() {
-            activate(&mut valid, &regime, &task.name)?;
+            activate(&mut valid, regime, &task.name)?;
             let test = if examples.test.is_empty() {
                 None
             } else {
@@ -534,7 +611,7 @@ impl BackendJob for TrainJob {
                 test,
                 trained_parameters: trainable,
             });
-            if i == 0 && record.fusion.is_some() {
+            if let (0, Some(fusion)) = (i, record.fusion.as_ref()) {
                 let texts: Vec<String> = examples
                     .dev
                     .iter()
@@ -542,28 +619,23 @@ impl BackendJob for TrainJob {
                     .map(|e| e.text.clone())
                     .collect();
                 let encoded =
-                    crate::encode::encode_texts(&valid, cache.tokenizer(), &texts, 16, device)?;
-                let fusion = record.fusion.as_deref().expect("a fusion run");
-                let adapters: Vec<String> = fusion.split(',').map(str::to_string).collect();
+                    sinew::encode::encode_texts(&valid, cache.tokenizer(), &texts, 16, device)?;
+                let adapters = fusion.adapters();
                 let (rows, values): (Vec<String>, Vec<Vec<f32>>) =
-                    crate::encode::mean_fusion_attentions(&encoded)
+                    sinew::encode::mean_fusion_attentions(&encoded)
                         .into_iter()
                         .unzip();
                 let path = self.out.join("fusion.png");
-                let drawn = crate::plot::heatmap(
+                let drawn = crate::cli::plot::heatmap(
                     &path,
                     &format!("{}: mean fusion attention on dev", task.name),
                     &rows,
-                    &adapters,
+                    adapters,
                     &values,
                 );
-                crate::plot::best_effort(&path, drawn);
+                crate::cli::plot::best_effort(&path, drawn);
             }
         }
-        write_atomic(
-            &self.out.join("results.json"),
-            &serde_json::to_vec_pretty(&results)?,
-        )?;
         Ok(results)
     }
 }
@@ -582,12 +654,12 @@ fn save_folders<B: FusedOps>(
             }
         }
         Regime::Fusion {
-            name,
+            fusion,
             unfreeze_adapters,
         } => {
-            model.save_fusion(&out.join(name), name, true)?;
+            model.save_fusion(&out.join(fusion.to_string()), fusion, true)?;
             if *unfreeze_adapters {
-                for adapter in name.split(',') {
+                for adapter in fusion.adapters() {
                     model.save_adapter(&out.join(adapter), adapter, false)?;
                 }
             }
@@ -626,7 +698,7 @@ fn plot_run(out: &Path, epochs: &[EpochLog]) -> anyhow::Result<()> {
             (x, part.iter().map(|p| p.1).sum::<f64>() / part.len() as f64)
         })
         .collect();
-    crate::plot::curves(
+    crate::cli::plot::curves(
         &out.join("loss.png"),
         "training loss",
         "step",
@@ -638,7 +710,7 @@ fn plot_run(out: &Path, epochs: &[EpochLog]) -> anyhow::Result<()> {
     let epoch = |f: fn(&Scores) -> f64| -> Vec<(f64, f64)> {
         epochs.iter().map(|e| (e.epoch as f64, f(&e.dev))).collect()
     };
-    crate::plot::curves(
+    crate::cli::plot::curves(
         &out.join("dev.png"),
         "dev metrics",
         "epoch",
@@ -806,7 +878,7 @@ impl BackendJob for PredictJob {
         let mut run = LoadedRun::<B>::read(&self.run, device)?;
         let (name, labels) = run.task(self.task.as_deref())?;
         run.activate(&name)?;
-        let texts = crate::encode::read_texts(&self.input)?;
+        let texts = sinew::encode::read_texts(&self.input)?;
         let mut lines = Vec::new();
         for chunk in texts.chunks(self.batch_size.max(1)) {
             let batch = run.cache.tokenizer().encode(chunk)?;

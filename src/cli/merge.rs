@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use sinew_backbone::FusedOps;
 
-use crate::backbone::Pretrained;
-use crate::backend::BackendJob;
-use crate::fusion::{AdapterModel, MergeOptions};
+use sinew::backbone::Pretrained;
+use sinew::backend::BackendJob;
+use sinew::fusion::{AdapterModel, MergeOptions};
 
 /// What `sinew merge` does.
 #[derive(Debug, Clone)]

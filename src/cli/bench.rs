@@ -1,23 +1,21 @@
-//! `sinew bench`: the standard works — an adapter training step, inference, a fusion training
-//! step — timed on this machine and backend, printed as one JSON object. The works, their model
-//! and their inputs are the ones `benches/adapters.rs` (criterion) times, built here once for both.
+//! `sinew bench`: the standard works ([`sinew::works`]) timed on this machine and backend, printed
+//! as one JSON object.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use burn::backend::Autodiff;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::prelude::*;
+use burn::optim::AdamWConfig;
 use serde::Serialize;
 
-use crate::adapter::{HeadConfig, MethodConfig};
-use crate::backbone::TextTokenizer;
-use crate::backbone::{assets, EncoderInput, FusedAutodiff, FusedOps, Pretrained, Start};
-use crate::backend::BackendJob;
-use crate::fusion::{AdapterModel, FusionConfig};
-use crate::trainer::train::{set_regime, Regime, TaskData};
+use sinew::adapter::MethodConfig;
+use sinew::backbone::{FusedAutodiff, FusedOps, Start};
+use sinew::backend::BackendJob;
+use sinew::data::assets;
+use sinew::fusion::AdapterModel;
+use sinew::trainer::train::{set_regime, Regime};
+use sinew::works::{fuse_all, inputs, model, step, task};
 
 /// A work `sinew bench` times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -29,116 +27,6 @@ pub enum Work {
     Inference,
     /// One optimizer step of a dynamic AdapterFusion of `--fuse` adapters and its head.
     FuseStep,
-}
-
-/// `batch` different texts of prose, each at least `tokens` tokens long (cut there): the inputs
-/// of every standard work.
-pub fn inputs<B: Backend>(
-    tokenizer: &TextTokenizer,
-    batch: usize,
-    tokens: usize,
-) -> EncoderInput<B> {
-    let texts: Vec<String> = (0..batch)
-        .map(|i| {
-            (0..20)
-                .map(|j| format!("Row {i} clause {j}: adapters keep the pretrained encoder frozen while tasks share it."))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect();
-    let encoded = tokenizer.encode(&texts).expect("prose tokenizes");
-    assert!(
-        encoded.input_ids.iter().all(|r| r.len() == tokens),
-        "every text reaches {tokens} tokens"
-    );
-    encoded.to_input(&B::Device::default())
-}
-
-/// A two-label classification head.
-pub fn two_labels() -> HeadConfig {
-    HeadConfig::classification(&["a".into(), "b".into()])
-}
-
-/// The model at `dir` (truncating at `tokens`) with `adapters` adapters of `method`, named
-/// `a0`, `a1`, …, each with a two-label head.
-pub fn model<B: FusedOps>(
-    dir: &std::path::Path,
-    method: &MethodConfig,
-    adapters: usize,
-    tokens: usize,
-) -> anyhow::Result<(AdapterModel<B>, TextTokenizer)> {
-    let device = B::Device::default();
-    let Pretrained {
-        config,
-        model,
-        tokenizer,
-    } = Pretrained::<B>::load(dir, Some(tokens), &device)?;
-    let mut model = AdapterModel::new(model, config);
-    for i in 0..adapters {
-        let name = format!("a{i}");
-        model.add_adapter(&name, method.clone(), &device)?;
-        model.add_head(&name, two_labels(), &device)?;
-    }
-    Ok((model, tokenizer))
-}
-
-/// A task with no examples: what [`set_regime`] needs to know of a task (its name).
-pub fn task(name: &str) -> TaskData {
-    TaskData {
-        name: name.into(),
-        train: Vec::new(),
-        dev: Vec::new(),
-        classes: 2,
-    }
-}
-
-/// Adds a dynamic fusion of every adapter, with a head, and makes it what trains.
-pub fn fuse_all<B: FusedAutodiff>(model: &mut AdapterModel<B>) -> anyhow::Result<()> {
-    let device = B::Device::default();
-    let names: Vec<String> = model.adapter_names().to_vec();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let fusion = model.add_fusion(&names, FusionConfig::dynamic(), &device)?;
-    model.add_head(&fusion, two_labels(), &device)?;
-    let regime = Regime::Fusion {
-        name: fusion.clone(),
-        unfreeze_adapters: false,
-    };
-    set_regime(model, &regime, &[task(&fusion)])?;
-    Ok(())
-}
-
-/// One optimizer step from `start` (alternating labels) as the trainer takes it: the logits
-/// only, cross-entropy (plus the fusion regularisation), backward, AdamW.
-pub fn step<B: FusedAutodiff, O: Optimizer<AdapterModel<B>, B>>(
-    model: AdapterModel<B>,
-    optimizer: &mut O,
-    start: &Start<'_, B>,
-) -> (AdapterModel<B>, f32) {
-    let device = model.backbone.devices()[0].clone();
-    let [batch, _] = start.dims();
-    let targets = Tensor::<B, 1, Int>::from_data(
-        TensorData::new(
-            (0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
-            [batch],
-        ),
-        &device,
-    );
-    let logits = model
-        .logits_from(start.clone())
-        .expect("the active setup runs")
-        .logits
-        .expect("a text head");
-    let mut loss = CrossEntropyLossConfig::new()
-        .init(&device)
-        .forward(logits, targets);
-    if let Some(reg) = model.fusion_regularization_loss() {
-        loss = loss + reg;
-    }
-    // Reading the loss back makes lazy backends finish this step's forward; the backward and
-    // the update are finished by the next step, whose forward reads the updated weights.
-    let value = loss.clone().into_scalar().elem::<f32>();
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    (optimizer.step(1e-4, model, grads), value)
 }
 
 /// What `sinew bench` prints.
@@ -294,7 +182,7 @@ impl BackendJob for BenchJob {
             Some(dir) => dir.clone(),
             None => assets::ensure_default_model().context("fetching the default model")?,
         };
-        let config = crate::backbone::BertConfig::from_file(&dir.join("config.json"))?;
+        let config = sinew::backbone::BertConfig::from_file(&dir.join("config.json"))?;
         let method = MethodConfig::from_name_or_file(&self.adapter, &config)?;
         match self.work {
             Work::Inference => {
