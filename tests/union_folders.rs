@@ -15,7 +15,7 @@ fn union_folders_are_refused_by_name() {
         match &err {
             AdapterError::Config {
                 path,
-                source:
+                error:
                     ConfigError::Architecture {
                         architecture,
                         known,

@@ -75,12 +75,12 @@ impl ConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum AdapterError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file is not what its name says (not JSON, not a readable tensor file, an unsupported
     /// dtype).
@@ -92,12 +92,12 @@ pub enum AdapterError {
         message: String,
     },
     /// A config file holds a setting that cannot be used.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Config {
         /// The config file.
         path: PathBuf,
         /// The setting and what is wrong with it.
-        source: ConfigError,
+        error: ConfigError,
     },
     /// A config built in code holds a setting that cannot be used.
     #[error(transparent)]
@@ -168,7 +168,7 @@ impl AdapterError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 
@@ -183,14 +183,14 @@ impl AdapterError {
     pub fn config(path: &Path, source: ConfigError) -> Self {
         Self::Config {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 
     /// A settings error ([`AdapterError::Settings`]) charged to the file it was read from.
     pub fn in_file(self, path: &Path) -> Self {
         match self {
-            Self::Settings(source) => Self::config(path, source),
+            Self::Settings(error) => Self::config(path, error),
             e => e,
         }
     }

@@ -72,9 +72,9 @@ impl BertConfig {
     /// Reads and checks a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| BackboneError::io(path, e))?;
-        Self::from_json(&text).map_err(|source| BackboneError::Config {
+        Self::from_json(&text).map_err(|error| BackboneError::Config {
             path: path.to_path_buf(),
-            source,
+            error,
         })
     }
 

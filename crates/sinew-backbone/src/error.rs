@@ -6,20 +6,20 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum BackboneError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `config.json` is malformed or describes an unsupported model.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Config {
         /// The config file.
         path: PathBuf,
         /// What is wrong, naming the key.
-        source: ConfigError,
+        error: ConfigError,
     },
     /// The weights file is unreadable or does not fit the config.
     #[error("{path}: {message}")]
@@ -80,7 +80,7 @@ impl BackboneError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }

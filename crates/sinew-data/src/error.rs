@@ -21,12 +21,12 @@ pub enum DataError {
         message: String,
     },
     /// A file or folder could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or folder.
         path: std::path::PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Writing a file atomically or checksumming it failed.
     #[error(transparent)]
@@ -37,7 +37,7 @@ impl DataError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 }

@@ -100,7 +100,7 @@ pub enum FusionError {
         setup: String,
     },
     /// Weight-space merge settings or inputs that do not combine.
-    #[error("merge: {0}")]
+    #[error(transparent)]
     Merge(#[from] crate::merge::MergeError),
     /// A pass asked to start above the layers the setup leaves as pretrained.
     #[error("cannot start at layer {layer}: the active setup leaves only the {frozen} layers below as pretrained")]
