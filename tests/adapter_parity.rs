@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{fixture_path, flat3, max_abs_diff, model_dir};
+use common::{fixture_path, flat3, max_abs_diff, model_dir, same_json};
 use serde::Deserialize;
 use sinew::adapter::tensors::TensorFile;
 use sinew::backbone::Pretrained;
@@ -369,23 +369,6 @@ fn saved_folders_have_adapterhubs_layout() {
                 );
             }
         }
-    }
-}
-
-/// JSON equality where numbers compare by value (AdapterHub writes `8`, sinew `8.0`).
-fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
-        }
-        _ => a == b,
     }
 }
 

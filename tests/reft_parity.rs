@@ -11,7 +11,9 @@ use burn::backend::Autodiff;
 use burn::module::Param;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
-use common::{fixture_path, flat3, max_abs_diff, model_dir, model_without_dropout};
+use common::{
+    fixture_path, flat3, hidden_and_logits, max_abs_diff, model_dir, model_without_dropout,
+};
 use serde::Deserialize;
 use sinew::adapter::reft::{ReftConfig, ReftProjection};
 use sinew::adapter::tensors::TensorFile;
@@ -101,20 +103,13 @@ fn parity<B: FusedOps>() {
     let run = |model: &mut AdapterModel<B>, dir: &Path, name: &str, want: &Outputs| {
         model.load_adapter(&dir.join(name), &device).unwrap();
         model.set_active(Some(name)).unwrap();
-        let out = model.forward(&input).unwrap();
-        let hidden = out
-            .encoded
-            .last_hidden_state
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
+        let (hidden, logits) = hidden_and_logits(model, &input);
         let expected = flat3(&want.last_hidden_state);
         assert!(
             max_abs_diff(&plain, &expected) > 1e-2,
             "{name}: the adapter must change the hidden states for this test to mean anything"
         );
         check(name, "last_hidden_state", &hidden, &expected);
-        let logits = out.logits.unwrap().into_data().to_vec::<f32>().unwrap();
         let expected: Vec<f32> = want.logits.concat();
         check(name, "logits", &logits, &expected);
         // The logits alone: the last layer runs for the first position only, same logits.

@@ -66,6 +66,34 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// JSON equality where numbers compare by value (AdapterHub writes `8`, sinew `8.0`).
+pub fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// The active setup's last hidden states and logits for `input`, flat.
+pub fn hidden_and_logits<B: sinew::backbone::FusedOps>(
+    model: &sinew::fusion::AdapterModel<B>,
+    input: &sinew::backbone::EncoderInput<B>,
+) -> (Vec<f32>, Vec<f32>) {
+    let out = model.forward(input).unwrap();
+    let hidden = out.encoded.last_hidden_state.into_data().to_vec::<f32>();
+    let logits = out.logits.expect("a head").into_data().to_vec::<f32>();
+    (hidden.unwrap(), logits.unwrap())
+}
+
 pub fn flat2(v: &[Vec<f32>]) -> Vec<f32> {
     v.iter().flatten().copied().collect()
 }

@@ -558,11 +558,6 @@ impl<B: FusedOps> Bottleneck<B> {
         self.forward_with_up(x, residual).0
     }
 
-    /// Whether this is a parallel adapter (`par_bn`): it reads the sub-layer input.
-    pub fn is_parallel(&self) -> bool {
-        self.behaviour.is_parallel
-    }
-
     /// AdapterFusion's query at this adapter: the sub-layer input for a parallel adapter, else
     /// the raw sub-layer `output` with `query_before_ln`, or the adapter's input `x`.
     pub fn fusion_query(

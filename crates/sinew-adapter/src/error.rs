@@ -59,6 +59,37 @@ impl ConfigError {
         }
     }
 
+    /// The same error about a setting inside `outer` (a union's part `configs[1]`): its key
+    /// becomes `configs[1].r`.
+    pub fn within(self, outer: &str) -> Self {
+        let inner = |key: String| format!("{outer}.{key}");
+        match self {
+            Self::Unsupported { key, value } => Self::Unsupported {
+                key: inner(key),
+                value,
+            },
+            Self::Invalid { key, problem } => Self::Invalid {
+                key: inner(key),
+                problem,
+            },
+            Self::Missing { key } => Self::Missing { key: inner(key) },
+            Self::Json(message) => Self::Invalid {
+                key: outer.to_string(),
+                problem: message,
+            },
+            Self::Architecture {
+                architecture,
+                known,
+            } => Self::Invalid {
+                key: inner("architecture".into()),
+                problem: format!(
+                    "= \"{architecture}\" is not supported (sinew reads: {})",
+                    known.join(", ")
+                ),
+            },
+        }
+    }
+
     /// The key the error is about, where it has one.
     pub fn key(&self) -> Option<&str> {
         match self {
@@ -188,7 +219,7 @@ impl AdapterError {
     }
 
     /// A settings error ([`AdapterError::Settings`]) charged to the file it was read from.
-    pub fn in_file(self, path: &Path) -> Self {
+    pub(crate) fn in_file(self, path: &Path) -> Self {
         match self {
             Self::Settings(error) => Self::config(path, error),
             e => e,

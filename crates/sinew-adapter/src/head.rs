@@ -76,7 +76,7 @@ impl HeadConfig {
 
     /// `BertForSequenceClassification`'s classifier as a head: one layer on the pooler output
     /// (what a PEFT folder's `modules_to_save: ["classifier"]` holds).
-    pub fn peft_classifier(num_labels: usize) -> Self {
+    pub(crate) fn peft_classifier(num_labels: usize) -> Self {
         Self {
             head_type: "classification".into(),
             num_labels,

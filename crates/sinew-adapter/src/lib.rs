@@ -5,6 +5,7 @@
 //! - [`lora`]: LoRA and IA3 (AdapterHub's `lora` architecture), merge and unmerge;
 //! - [`prefix`], [`prompt`]: prefix tuning (prepended keys/values) and prompt tuning;
 //! - [`reft`]: LoReFT, NoReFT and DiReFT (low-rank interventions on chosen positions);
+//! - [`union`]: AdapterHub's `ConfigUnion` of other methods under one name (MAM, UniPELT);
 //! - [`head`]: classification, multi-label, regression and tagging heads in AdapterHub's layout;
 //! - [`folder`]: reading and writing AdapterHub's `save_adapter` folders (and PEFT's, via [`peft`]);
 //!
@@ -35,6 +36,7 @@ pub mod prefix;
 pub mod prompt;
 pub mod reft;
 pub mod tensors;
+pub mod union;
 
 pub use error::{AdapterError, ConfigError, Result};
 pub use folder::{AdapterFolder, FolderFormat};
@@ -52,6 +54,8 @@ method::register_methods! {
     Prompt(prompt::PromptTuning, prompt::PromptTuningConfig),
     /// ReFT: LoReFT, NoReFT, DiReFT ([`reft`]).
     Reft(reft::Reft, reft::ReftConfig),
+    /// Unions of the methods above: MAM, UniPELT ([`union`]).
+    Union(union::UnionAdapter, union::UnionConfig),
 }
 
 impl MethodConfig {

@@ -275,7 +275,7 @@ impl LoraConfig {
     }
 
     /// Rank and fixed factor of the update at `site` of `layer`.
-    pub fn rank_and_scaling(&self, layer: usize, site: Projection) -> (usize, f64) {
+    pub(crate) fn rank_and_scaling(&self, layer: usize, site: Projection) -> (usize, f64) {
         match self
             .peft_sites()
             .and_then(|sites| self.peft_site(layer, site, sites))

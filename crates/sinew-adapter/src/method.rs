@@ -65,6 +65,22 @@ pub trait MethodSpec:
         json["architecture"] = Self::ARCHITECTURE.into();
         json
     }
+
+    /// The `config` object of `adapter_config.json` with every key AdapterHub writes: the
+    /// method's own fields, its [`WRITTEN_DEFAULTS`](Self::WRITTEN_DEFAULTS) and
+    /// `init_weights_seed` (sinew's initialisation is a function of the training seed, so it
+    /// writes AdapterHub's "none").
+    fn saved(&self) -> Value {
+        let mut json = self.to_json();
+        if let Value::Object(map) = &mut json {
+            for (key, value) in Self::WRITTEN_DEFAULTS {
+                map.entry(*key)
+                    .or_insert_with(|| serde_json::from_str(value).expect("a JSON default"));
+            }
+            map.entry("init_weights_seed").or_insert(Value::Null);
+        }
+        json
+    }
 }
 
 /// An adapter method's weights across the whole model.
@@ -224,21 +240,6 @@ pub fn probability(key: &str, p: f64) -> std::result::Result<(), ConfigError> {
     }
 }
 
-/// The `config` object of `adapter_config.json` with every key AdapterHub writes: the method's
-/// own fields, its [`MethodSpec::WRITTEN_DEFAULTS`] and `init_weights_seed` (sinew's initialisation
-/// is a function of the training seed, so it writes AdapterHub's "none").
-pub(crate) fn adapterhub_json<C: MethodSpec>(config: &C) -> Value {
-    let mut json = config.to_json();
-    if let Value::Object(map) = &mut json {
-        for (key, value) in C::WRITTEN_DEFAULTS {
-            map.entry(*key)
-                .or_insert_with(|| serde_json::from_str(value).expect("a JSON default"));
-        }
-        map.entry("init_weights_seed").or_insert(Value::Null);
-    }
-    json
-}
-
 /// Parses and checks the `config` object of a method's `adapter_config.json` (at `path`);
 /// unknown fields are warned about, not fatal.
 pub(crate) fn parse_config<C: MethodSpec>(
@@ -323,7 +324,7 @@ macro_rules! register_methods {
             /// The `config` object of `adapter_config.json`, as AdapterHub writes it.
             pub fn to_json(&self) -> serde_json::Value {
                 match self {
-                    $(Self::$variant(c) => $crate::method::adapterhub_json(c),)+
+                    $(Self::$variant(c) => $crate::method::MethodSpec::saved(c),)+
                 }
             }
 

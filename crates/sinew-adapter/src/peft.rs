@@ -103,7 +103,7 @@ fn must_be_default(raw: &Map<String, Value>) -> Result<(), ConfigError> {
 }
 
 /// Whether a parsed `adapter_config.json` is PEFT's.
-pub fn is_peft(json: &Map<String, Value>) -> bool {
+pub(crate) fn is_peft(json: &Map<String, Value>) -> bool {
     json.contains_key("peft_type")
 }
 
@@ -133,19 +133,19 @@ const SAVED_MODULES: [&str; 2] = ["classifier", "score"];
 const WRAPPING_TASKS: [&str; 3] = ["SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"];
 
 /// Whether a PEFT config's keys carry the model prefix.
-pub fn wraps_encoder(json: &Value) -> bool {
+pub(crate) fn wraps_encoder(json: &Value) -> bool {
     json.get("task_type")
         .and_then(Value::as_str)
         .is_some_and(|t| WRAPPING_TASKS.contains(&t))
 }
 
 /// Whether a PEFT config saves the classifier (`modules_to_save` lists `classifier`).
-pub fn saves_classifier(raw: &Map<String, Value>) -> bool {
+pub(crate) fn saves_classifier(raw: &Map<String, Value>) -> bool {
     names(raw, "modules_to_save").is_ok_and(|n| n.contains("classifier"))
 }
 
 /// The classifier's weight and bias keys in `adapter_model.safetensors`.
-pub const CLASSIFIER_KEYS: [&str; 2] = [
+pub(crate) const CLASSIFIER_KEYS: [&str; 2] = [
     "base_model.model.classifier.weight",
     "base_model.model.classifier.bias",
 ];
@@ -278,7 +278,7 @@ fn targeted_list(
 
 /// PEFT's LoRA config as sinew's; the error names the key. `num_layers` is the backbone's depth
 /// (PEFT's rules are resolved against its module names).
-pub fn config_from_peft(
+pub(crate) fn config_from_peft(
     raw: &Map<String, Value>,
     num_layers: Option<usize>,
 ) -> Result<LoraConfig, ConfigError> {
@@ -413,7 +413,7 @@ fn switches(sites: &[PeftSite], r: usize, alpha: f64, dropout: f64, n: usize) ->
 /// still give this placement, else one built from the switches; with `bias: "lora_only"` when the
 /// adapter has `own_biases`, and the classifier as a module to save (task `SEQ_CLS`) with
 /// `classifier`.
-pub fn config_to_peft(
+pub(crate) fn config_to_peft(
     config: &LoraConfig,
     model: &BertConfig,
     own_biases: bool,
@@ -537,7 +537,7 @@ fn peft_json(
 /// PEFT configs use: classes, groups, `(?:…)`, `(?P<n>…)`, alternation, repetition).
 mod regex {
     /// Whether `pattern` matches all of `text`.
-    pub fn full_match(pattern: &str, text: &str) -> Result<bool, String> {
+    pub(crate) fn full_match(pattern: &str, text: &str) -> Result<bool, String> {
         ::regex::Regex::new(&format!("^(?:{pattern})$"))
             .map(|re| re.is_match(text))
             .map_err(|e| format!("/{pattern}/ is not a regular expression ({})", one_line(&e)))
@@ -582,7 +582,7 @@ mod regex {
 
 /// PEFT key → AdapterHub key for adapter `name`: `base_model.model.[bert.]encoder.layer.L.P.lora_A.weight`
 /// → `bert.encoder.layer.L.P.loras.NAME.lora_A` (and `…P.base_layer.bias` → `…P.loras.NAME.bias`).
-pub fn key_from_peft(key: &str, model: &BertConfig, name: &str) -> Option<String> {
+pub(crate) fn key_from_peft(key: &str, model: &BertConfig, name: &str) -> Option<String> {
     let rest = key.strip_prefix("base_model.model.")?;
     let rest = rest
         .strip_prefix(&format!("{}.", model_prefix(model)))
@@ -603,7 +603,12 @@ pub fn key_from_peft(key: &str, model: &BertConfig, name: &str) -> Option<String
 
 /// AdapterHub key → PEFT key (the inverse of [`key_from_peft`]); `wrapped` keeps the model prefix
 /// (a config whose task wraps the encoder, see [`wraps_encoder`]).
-pub fn key_to_peft(key: &str, model: &BertConfig, name: &str, wrapped: bool) -> Option<String> {
+pub(crate) fn key_to_peft(
+    key: &str,
+    model: &BertConfig,
+    name: &str,
+    wrapped: bool,
+) -> Option<String> {
     let root = model_prefix(model);
     let rest = key.strip_prefix(&format!("{root}."))?;
     let (module, matrix) = rest.split_once(&format!(".loras.{name}."))?;

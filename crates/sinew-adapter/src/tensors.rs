@@ -41,7 +41,7 @@ impl TensorFile {
     }
 
     /// Reads a PyTorch pickle checkpoint (tensors converted to f32).
-    pub fn read_pytorch(path: &Path) -> Result<Self> {
+    pub(crate) fn read_pytorch(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(AdapterError::file(path, "not found"));
         }
@@ -66,7 +66,7 @@ impl TensorFile {
     }
 
     /// Reads a `.safetensors` file (f32, f16 or bf16 tensors, converted to f32).
-    pub fn read_safetensors(path: &Path) -> Result<Self> {
+    pub(crate) fn read_safetensors(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| AdapterError::io(path, e))?;
         let file = SafeTensors::deserialize(&bytes).map_err(|e| AdapterError::File {
             path: path.to_path_buf(),

@@ -139,7 +139,7 @@ impl BertConfig {
     }
 
     /// Longest input, in tokens, the position table allows.
-    pub fn max_tokens(&self) -> usize {
+    pub(crate) fn max_tokens(&self) -> usize {
         if self.roberta_positions() {
             self.max_position_embeddings - self.pad_token_id - 1
         } else {

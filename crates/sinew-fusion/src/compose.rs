@@ -310,7 +310,7 @@ impl<'a, B: FusedOps, R: Registry<B>> Composition<'a, B, R> {
 /// `n` copies of `t` one after another along the batch: `[t; t; …]`. (Burn 0.21's autodiff
 /// sums the gradient of `repeat_dim(0, n)` over the wrong rows when the batch has more than one
 /// row; concatenation differentiates correctly.)
-pub fn tile<B: FusedOps, const D: usize, K>(t: Tensor<B, D, K>, n: usize) -> Tensor<B, D, K>
+pub(crate) fn tile<B: FusedOps, const D: usize, K>(t: Tensor<B, D, K>, n: usize) -> Tensor<B, D, K>
 where
     K: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>,
 {

@@ -343,7 +343,7 @@ impl<B: FusedOps> AdapterFusion<B> {
 
     /// One annealing step (AdapterHub: T ← max(T − T₀/1000, 1) with T₀ = 50). sinew calls it once
     /// per optimizer step; AdapterHub does on every forward call, in eval too.
-    pub fn anneal(&mut self, config: &FusionConfig) {
+    pub(crate) fn anneal(&mut self, config: &FusionConfig) {
         if config.temperature {
             self.temperature = (self.temperature - 0.05).max(1.0);
         }

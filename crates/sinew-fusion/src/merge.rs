@@ -128,7 +128,7 @@ impl LowRank {
 
     /// The rank-`rank` truncated SVD of `delta`, as factors with scaling 1 (`b = U·√S`,
     /// `a = √S·Vᵀ`).
-    pub fn from_delta(delta: &DMatrix<f32>, rank: usize) -> Self {
+    pub(crate) fn from_delta(delta: &DMatrix<f32>, rank: usize) -> Self {
         let svd = delta.clone().svd(true, true);
         let (u, v_t) = (svd.u.expect("asked for U"), svd.v_t.expect("asked for Vᵀ"));
         // nalgebra does not sort the singular values.
@@ -225,7 +225,7 @@ pub fn merge(parts: &[LowRank], options: &MergeOptions) -> Result<LowRank, Merge
 
 /// Merges LoRA/IA3 adapters placed at the same projections into a new adapter of `model`.
 /// IA3 adapters (scaling vectors) merge by `linear` only.
-pub fn merge_lora<B: FusedOps>(
+pub(crate) fn merge_lora<B: FusedOps>(
     model: &BertConfig,
     inputs: &[(&LoraConfig, &LoraAdapter<B>)],
     options: &MergeOptions,

@@ -50,7 +50,7 @@ pub fn linear<B: Backend>(
 }
 
 /// See [`FusedOps::fused_linear_backward`](crate::FusedOps::fused_linear_backward).
-pub fn linear_backward<B: Backend>(
+pub(crate) fn linear_backward<B: Backend>(
     x: Option<FloatTensor<B>>,
     weight: Option<FloatTensor<B>>,
     grad: FloatTensor<B>,
@@ -119,7 +119,7 @@ pub fn dropout<B: Backend>(
 }
 
 /// See [`FusedOps::fused_dropout_backward`](crate::FusedOps::fused_dropout_backward).
-pub fn dropout_backward<B: Backend>(
+pub(crate) fn dropout_backward<B: Backend>(
     grad: FloatTensor<B>,
     _draw: DropoutDraw,
     mask: Option<FloatTensor<B>>,

@@ -44,7 +44,7 @@ pub struct DropoutDraw {
 
 impl DropoutDraw {
     /// The kernels' view of this draw.
-    pub fn kernel_key(&self) -> DropoutKey {
+    pub(crate) fn kernel_key(&self) -> DropoutKey {
         DropoutKey::new(self.prob, self.key)
     }
 }

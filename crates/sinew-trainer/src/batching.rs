@@ -107,7 +107,7 @@ pub fn tokenize_cached(
 /// The batches of one epoch, as indices: a seeded shuffle (by `seed` and `epoch`), cut into
 /// buckets of 50 batches, each sorted by length and cut into batches; the batch order is
 /// shuffled again. Every index appears once.
-pub fn epoch_batches(
+pub(crate) fn epoch_batches(
     lengths: &[usize],
     batch_size: usize,
     seed: u64,

@@ -11,7 +11,7 @@ use burn::tensor::ElementConversion;
 /// Scales every gradient of `module`'s parameters in `grads` by `max_norm / (norm + 1e-6)` when
 /// that is below 1, where `norm` is the L2 norm of all of them together (PyTorch's formula,
 /// epsilon included); returns `norm`.
-pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+pub(crate) fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: f32,

@@ -12,7 +12,7 @@
 pub mod batching;
 pub mod cache;
 pub mod checkpoint;
-pub mod clip;
+pub(crate) mod clip;
 pub mod metrics;
 pub mod monitor;
 pub mod train;

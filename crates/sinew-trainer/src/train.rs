@@ -392,7 +392,7 @@ fn activation_cache<B: FusedAutodiff>(
 /// The batches of one epoch as `(task, example indices)`: each task's own seeded length-bucketed
 /// batches, interleaved by drawing a task with probability ∝ nᵢ^(1/T) among those with batches
 /// left (a task that runs out is no longer drawn), all of it a function of `(seed, epoch)`.
-pub fn epoch_plan(
+pub(crate) fn epoch_plan(
     tasks: &[TaskData],
     config: &TrainConfig,
     epoch: u64,
