@@ -262,7 +262,7 @@ impl MethodSpec for BnConfig {
 
     fn summary(&self) -> String {
         format!(
-            "bottleneck ({}, {}, reduction {}, {})",
+            "bottleneck ({}, {}, reduction {}, {}{})",
             if self.is_parallel {
                 "parallel"
             } else {
@@ -275,6 +275,7 @@ impl MethodSpec for BnConfig {
             },
             serde_json::to_string(&self.reduction_factor).expect("numbers serialise"),
             String::from(self.non_linearity),
+            if self.use_gating { ", gated" } else { "" },
         )
     }
     /// Compacter (phm), invertible and cross adapters: accepted at their defaults only.

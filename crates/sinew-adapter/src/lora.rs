@@ -303,14 +303,19 @@ impl MethodSpec for LoraConfig {
 
     fn summary(&self) -> String {
         format!(
-            "{} (r {}, alpha {}, attention {:?}{}{})",
+            "{} (r {}, {}, attention {:?}{}{})",
             if self.composition_mode == CompositionMode::Scale {
                 "ia3"
             } else {
                 "lora"
             },
             self.r,
-            self.alpha,
+            // A gate replaces the fixed alpha / r.
+            if self.use_gating {
+                "gated".to_string()
+            } else {
+                format!("alpha {}", self.alpha)
+            },
             if self.selfattn_lora {
                 self.attn_matrices.clone()
             } else {
