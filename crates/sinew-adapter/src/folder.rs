@@ -276,18 +276,8 @@ impl AdapterFolder {
             });
         }
         let (raw, name) = config_object(&path, model)?;
-        let architecture = raw
-            .get("architecture")
-            .and_then(Value::as_str)
-            .unwrap_or("bottleneck");
-        let config = MethodConfig::parse(&path, architecture, &raw, model)
-            .unwrap_or_else(|| {
-                Err(ConfigError::Architecture {
-                    architecture: architecture.to_string(),
-                    known: MethodConfig::ARCHITECTURES,
-                })
-            })
-            .map_err(|e| AdapterError::config(&path, e))?;
+        let config =
+            MethodConfig::parse(&path, &raw, model).map_err(|e| AdapterError::config(&path, e))?;
         let head = read_head_config(dir, model)?;
         Ok(Self {
             format: FolderFormat::AdapterHub,

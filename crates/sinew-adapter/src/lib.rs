@@ -79,18 +79,7 @@ impl MethodConfig {
                 if let Some(serde_json::Value::Object(inner)) = raw.remove("config") {
                     raw = inner;
                 }
-                let architecture = raw
-                    .get("architecture")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("bottleneck");
-                Self::parse(path, architecture, &raw, Some(model))
-                    .unwrap_or_else(|| {
-                        Err(ConfigError::Architecture {
-                            architecture: architecture.to_string(),
-                            known: Self::ARCHITECTURES,
-                        })
-                    })
-                    .map_err(|e| AdapterError::config(path, e))?
+                Self::parse(path, &raw, Some(model)).map_err(|e| AdapterError::config(path, e))?
             }
         })
     }

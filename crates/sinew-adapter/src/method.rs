@@ -328,18 +328,24 @@ macro_rules! register_methods {
                 }
             }
 
-            /// Parses the `config` object (read from `path`) of the method named by
-            /// `architecture`; `None` when no registered method has that name.
+            /// Parses a `config` object (read from `path`) as the method its `architecture`
+            /// names (a bottleneck when absent, as AdapterHub writes it).
             pub fn parse(
                 path: &std::path::Path,
-                architecture: &str,
                 raw: &serde_json::Map<String, serde_json::Value>,
                 model: Option<&sinew_backbone::BertConfig>,
-            ) -> Option<std::result::Result<Self, $crate::ConfigError>> {
+            ) -> std::result::Result<Self, $crate::ConfigError> {
+                let architecture = raw
+                    .get("architecture")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("bottleneck");
                 $(if architecture == <$config::$spec as $crate::method::MethodSpec>::ARCHITECTURE {
-                    return Some($crate::method::parse_config(path, raw, model).map(Self::$variant));
+                    return $crate::method::parse_config(path, raw, model).map(Self::$variant);
                 })+
-                None
+                Err($crate::ConfigError::Architecture {
+                    architecture: architecture.to_string(),
+                    known: Self::ARCHITECTURES,
+                })
             }
 
             /// A new adapter of this method for `model`.
@@ -381,16 +387,7 @@ macro_rules! register_methods {
         impl<'de> serde::Deserialize<'de> for MethodConfig {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
                 let raw = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
-                let architecture = raw
-                    .get("architecture")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("bottleneck")
-                    .to_string();
-                Self::parse(std::path::Path::new("config"), &architecture, &raw, None)
-                    .unwrap_or_else(|| Err($crate::ConfigError::Architecture {
-                        architecture,
-                        known: Self::ARCHITECTURES,
-                    }))
+                Self::parse(std::path::Path::new("config"), &raw, None)
                     .map_err(serde::de::Error::custom)
             }
         }

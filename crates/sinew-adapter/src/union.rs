@@ -53,16 +53,7 @@ impl TryFrom<UnionJson> for UnionConfig {
             .into_iter()
             .enumerate()
             .map(|(i, raw)| {
-                let architecture = raw
-                    .get("architecture")
-                    .and_then(Value::as_str)
-                    .unwrap_or("bottleneck")
-                    .to_string();
-                MethodConfig::parse(std::path::Path::new("config"), &architecture, &raw, None)
-                    .unwrap_or(Err(ConfigError::Architecture {
-                        architecture,
-                        known: MethodConfig::ARCHITECTURES,
-                    }))
+                MethodConfig::parse(std::path::Path::new("config"), &raw, None)
                     .map_err(|e| e.within(&format!("configs[{i}]")))
             })
             .collect::<std::result::Result<_, _>>()?;
