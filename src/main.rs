@@ -166,6 +166,9 @@ enum Command {
         #[arg(long, default_value_t)]
         backend: BackendKind,
     },
+    /// Serve adapters, fusions and their heads over HTTP (/embed, /predict, /v1/embeddings, a
+    /// page at /), batching requests across clients and adapters.
+    Serve(cli::serve::ServeArgs),
     /// Merge LoRA (or IA3) adapters in weight space into a new adapter folder.
     Merge {
         /// HF model folder the adapters belong to; default: all-MiniLM-L6-v2.
@@ -438,6 +441,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Serve(args) => args.run()?,
         Command::Demo(demo) => {
             demo.run_all()?;
         }

@@ -109,6 +109,127 @@ fn parity<B: FusedOps>() {
     }
 }
 
+/// One routed batch over ten adapters of three methods (bottlenecks with different pre- and
+/// post-processing, LoRA, IA3), each text through each: every row has AdapterHub's hidden
+/// states and logits for its own adapter, with the full pass and the logits-only one; an
+/// adapter that changes what other rows see (a prefix) is refused in a mix.
+fn routed_mix<B: FusedOps>() {
+    let device = B::Device::default();
+    let dir = fixture_path("adapters");
+    let outputs: Outputs =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("outputs.json")).unwrap()).unwrap();
+    let pretrained = Pretrained::<B>::load(&model_dir(), None, &device).unwrap();
+    let names = [
+        "seq_bn",
+        "double_seq_bn",
+        "par_bn",
+        "scaled_par_bn",
+        "seq_knobs",
+        "seq_knobs_b",
+        "seq_ln_before_bin",
+        "lora",
+        "lora_all",
+        "ia3",
+    ];
+    // Text-major, so each adapter's rows are scattered over the batch.
+    let rows: Vec<(usize, &str)> = (0..outputs.texts.len())
+        .flat_map(|t| names.iter().map(move |n| (t, *n)))
+        .collect();
+    let texts: Vec<&str> = rows
+        .iter()
+        .map(|(t, _)| outputs.texts[*t].as_str())
+        .collect();
+    let tasks: Vec<&str> = rows.iter().map(|(_, n)| *n).collect();
+    let tokenizer = pretrained.tokenizer.clone();
+    let input = tokenizer.encode(&texts).unwrap().to_input::<B>(&device);
+    let mut model = AdapterModel::new(pretrained.model, pretrained.config.clone());
+    for name in names.iter().chain(&["prefix"]) {
+        model.load_adapter(&dir.join(name), &device).unwrap();
+    }
+    let out = model.forward_routed(&input, &tasks).unwrap();
+    let [batch, seq, hidden] = out.encoded.last_hidden_state.dims();
+    assert_eq!(batch, rows.len());
+    let states = out
+        .encoded
+        .last_hidden_state
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let logits = out.logits.expect("3 labels each").into_data();
+    let logits = logits.to_vec::<f32>().unwrap();
+    // Gated adapters (seq_knobs, lora_all) average over positions: every position runs.
+    let fast = model.logits_routed(&input, &tasks).unwrap();
+    assert_eq!(
+        fast.encoded.last_hidden_state.dims()[1],
+        seq,
+        "gated: all positions"
+    );
+    let fast = fast.logits.unwrap().into_data().to_vec::<f32>().unwrap();
+    // Without them, the last layer runs for the first position alone, with the same logits.
+    let ungated: Vec<usize> = (0..rows.len())
+        .filter(|&r| !model.adapter(tasks[r]).unwrap().mixes_positions())
+        .collect();
+    let some: Vec<&str> = ungated.iter().map(|&r| texts[r]).collect();
+    let some_tasks: Vec<&str> = ungated.iter().map(|&r| tasks[r]).collect();
+    let some_input = tokenizer.encode(&some).unwrap().to_input::<B>(&device);
+    let first = model.logits_routed(&some_input, &some_tasks).unwrap();
+    assert_eq!(
+        first.encoded.last_hidden_state.dims()[1],
+        1,
+        "first position only"
+    );
+    let first = first.logits.unwrap().into_data().to_vec::<f32>().unwrap();
+    for (k, &row) in ungated.iter().enumerate() {
+        let diff = max_abs_diff(&first[k * 3..k * 3 + 3], &fast[row * 3..row * 3 + 3]);
+        assert!(
+            diff <= 1e-5,
+            "{}: first-position logits differ by {diff}",
+            tasks[row]
+        );
+    }
+    for (row, (t, name)) in rows.iter().enumerate() {
+        let case = &outputs.cases[*name];
+        let want = &case.last_hidden_state[*t];
+        assert_eq!(want.len(), seq, "{name}: the same padding");
+        let got = &states[row * seq * hidden..(row + 1) * seq * hidden];
+        let scale = want.iter().flatten().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(got, &common::flat2(want));
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}, text {t}: routed hidden states differ from AdapterHub's by {diff}"
+        );
+        let want = flatten_json(&case.logits[*t]);
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (what, got) in [("full", &logits), ("logits-only", &fast)] {
+            let diff = max_abs_diff(&got[row * 3..row * 3 + 3], &want);
+            assert!(
+                diff <= 1e-4 * scale,
+                "{name}, text {t}: {what} routed logits differ from AdapterHub's by {diff}"
+            );
+        }
+    }
+    let err = model
+        .forward_routed(&input, &[&["prefix"], &tasks[1..]].concat())
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, sinew::fusion::FusionError::NotRoutable { ref name, .. } if name == "prefix"),
+        "{err}"
+    );
+}
+
+#[cfg(feature = "ndarray")]
+#[test]
+fn one_routed_batch_mixes_methods_on_ndarray() {
+    routed_mix::<sinew::backend::NdArrayBackend>();
+}
+
+#[cfg(feature = "flex")]
+#[test]
+fn one_routed_batch_mixes_methods_on_flex() {
+    routed_mix::<sinew::backend::FlexBackend>();
+}
+
 /// An ejected prefix (static prefixes instead of the MLP) still gives AdapterHub's outputs, and
 /// is saved and read back as a `flat` prefix.
 #[cfg(feature = "ndarray")]

@@ -5,6 +5,7 @@
 //! - [`bench`]: `sinew bench`, the standard works timed;
 //! - [`merge`]: the `sinew merge` job;
 //! - [`inspect`]: `sinew inspect`, a summary of an adapter folder;
+//! - [`serve`]: `sinew serve`, the HTTP server with dynamic batching across adapters;
 //! - [`plot`]: pictures (the fusion-attention heatmap, training curves, accuracy bars).
 
 pub mod bench;
@@ -14,3 +15,4 @@ pub mod inspect;
 pub mod merge;
 pub mod plot;
 pub mod run;
+pub mod serve;

@@ -220,3 +220,7 @@ for r in sinew_bench:
 print(REASONS)
 print("Reproduce: `tools/bench-adapters.sh` (needs the reference venv, see tools/reference/README.md); "
       "`write_benchmarks.py TARGET_DIR` re-renders this page from the measurements it kept.")
+# The serving section (tools/bench-serve.sh) is measured on its own: kept from its last run.
+serve = kept / "serve.md"
+if serve.exists():
+    print("\n" + serve.read_text())

@@ -55,6 +55,14 @@ pub enum FusionError {
         /// Its method (AdapterHub's `architecture`).
         method: &'static str,
     },
+    /// An adapter that cannot share a routed pass with others.
+    #[error("`{name}` is a {method} adapter: it changes what the other examples of a batch see, so it runs alone, not routed with other adapters in one batch")]
+    NotRoutable {
+        /// The adapter.
+        name: String,
+        /// Its method (AdapterHub's `architecture`).
+        method: &'static str,
+    },
     /// A fusion over an adapter of a method that does not fuse.
     #[error("fusion over `{name}`, a {method} adapter: sinew fuses bottleneck adapters, or LoRA/IA3 adapters (over their sub-layer deltas), not prefix or prompt tuning or other methods that act elsewhere")]
     NotFusable {

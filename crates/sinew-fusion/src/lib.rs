@@ -39,6 +39,7 @@ pub mod error;
 pub mod fusion;
 pub mod merge;
 pub mod model;
+pub mod routed;
 pub mod setup;
 
 pub use error::FusionError;

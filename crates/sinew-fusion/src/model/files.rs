@@ -26,14 +26,33 @@ impl<B: FusedOps> AdapterModel<B> {
     /// Loads an adapter folder (AdapterHub's layout, or PEFT's), with its head if it has one;
     /// returns the adapter's name.
     pub fn load_adapter(&mut self, dir: &Path, device: &B::Device) -> Result<String> {
+        self.load_adapter_as(dir, None, device)
+    }
+
+    /// [`load_adapter`](Self::load_adapter) under `name` (AdapterHub's `load_as`; `None`: the
+    /// name it was saved with), its head too; returns the name.
+    pub fn load_adapter_as(
+        &mut self,
+        dir: &Path,
+        name: Option<&str>,
+        device: &B::Device,
+    ) -> Result<String> {
         let folder = AdapterFolder::read(dir, &self.config)?;
         let adapter = folder.load_adapter::<B>(&self.config, device)?;
         let head = folder.load_head::<B>(&self.config, device)?;
-        self.insert_adapter(&folder.name, folder.config.clone(), adapter)?;
-        if let (Some(config), Some(head)) = (folder.head, head) {
-            self.insert_head(&folder.name, config, head)?;
+        let name = name.unwrap_or(&folder.name).to_string();
+        if head.is_some() && self.heads.contains(&name) {
+            // Refused before the adapter goes in: a failed load leaves the model as it was.
+            return Err(FusionError::Exists {
+                what: "a head named",
+                name,
+            });
         }
-        Ok(folder.name)
+        self.insert_adapter(&name, folder.config.clone(), adapter)?;
+        if let (Some(config), Some(head)) = (folder.head, head) {
+            self.insert_head(&name, config, head)?;
+        }
+        Ok(name)
     }
 
     /// Loads a head saved alone (AdapterHub's `save_head`: `head_config.json` and its weights)

@@ -9,6 +9,7 @@ use super::AdapterModel;
 use crate::compose::{Composition, FusionAttentions};
 use crate::delta::DeltaFusion;
 use crate::error::{FusionError, Result};
+use crate::routed::{routable, Routed};
 use crate::setup::{FusionId, Setup};
 
 /// The logits of one head of the active setup.
@@ -84,7 +85,7 @@ impl<B: FusedOps> AdapterModel<B> {
                 });
             }
         }
-        self.run_setup(start, self.active.as_ref(), false, outputs)
+        self.run_setup(start, self.active.as_ref(), false, outputs, false)
     }
 
     /// How many of the lowest layers run as pretrained under the active setup, with nothing
@@ -112,8 +113,11 @@ impl<B: FusedOps> AdapterModel<B> {
     }
 
     /// Per-example routing: example `i` goes through adapter `tasks[i]` and its head, in one
-    /// batch (for training too: gradients reach each adapter from its own examples). The
-    /// examples are grouped by task into a `BatchSplit` and put back in input order.
+    /// batch, with the outputs it would have alone (for training too: gradients reach each
+    /// adapter from its own examples). The examples are grouped by task, each group run by its
+    /// own adapter ([`Routed`]), and put back in input order. Bottleneck, LoRA and IA3 adapters
+    /// mix in one batch; an adapter of another method routes only a batch of its own
+    /// ([`FusionError::NotRoutable`]).
     pub fn forward_routed(
         &self,
         input: &EncoderInput<B>,
@@ -164,7 +168,15 @@ impl<B: FusedOps> AdapterModel<B> {
             [one] => Setup::adapter(*one),
             _ => Setup::BatchSplit(names.iter().map(|n| Setup::adapter(*n)).collect(), sizes),
         };
-        self.check_setup(&setup)?;
+        for name in names.iter().filter(|_| names.len() > 1) {
+            let (config, adapter) = self.adapter_entry(name)?;
+            if !routable(adapter.composes()) {
+                return Err(FusionError::NotRoutable {
+                    name: name.to_string(),
+                    method: config.architecture(),
+                });
+            }
+        }
         let device = input.input_ids.device();
         let index = Tensor::<B, 1, Int>::from_data(
             TensorData::new(order.iter().map(|&i| i as i64).collect::<Vec<_>>(), [batch]),
@@ -186,7 +198,7 @@ impl<B: FusedOps> AdapterModel<B> {
             ),
             &device,
         );
-        let out = self.run_setup(Start::Tokens(&sorted), Some(&setup), false, outputs)?;
+        let out = self.run_setup(Start::Tokens(&sorted), Some(&setup), false, outputs, true)?;
         let encoded = out.encoded;
         Ok(AdapterOutput {
             encoded: EncoderOutput {
@@ -214,6 +226,7 @@ impl<B: FusedOps> AdapterModel<B> {
             self.active.as_ref(),
             attentions,
             Outputs::Everything,
+            false,
         )
     }
 
@@ -247,12 +260,15 @@ impl<B: FusedOps> AdapterModel<B> {
         }
     }
 
+    /// One pass of `setup`; with `routed`, a `BatchSplit` of adapters runs each group of rows
+    /// as its adapter alone ([`Routed`]) instead of as AdapterHub's block.
     fn run_setup(
         &self,
         start: Start<'_, B>,
         setup: Option<&Setup>,
         attentions: bool,
         outputs: Outputs,
+        routed: bool,
     ) -> Result<AdapterOutput<B>> {
         if let Some(merged) = self.merged_conflicts(setup) {
             return Err(FusionError::Merged {
@@ -272,6 +288,14 @@ impl<B: FusedOps> AdapterModel<B> {
             Some(Setup::Adapter(name)) => {
                 let mut adapter = self.adapter_entry(name)?.1;
                 self.backbone.run_for(start, &mut adapter, positions)
+            }
+            Some(Setup::BatchSplit(children, sizes)) if routed => {
+                let adapters = children
+                    .iter()
+                    .map(|child| self.adapter_entry(child.first()).map(|(_, a)| a))
+                    .collect::<Result<Vec<_>>>()?;
+                self.backbone
+                    .run_for(start, &mut Routed::new(adapters, sizes), positions)
             }
             Some(setup) if self.delta_fusion(setup).is_some() => {
                 let names = self.delta_fusion(setup).expect("checked");

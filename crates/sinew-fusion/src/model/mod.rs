@@ -108,6 +108,11 @@ impl<B: FusedOps> AdapterModel<B> {
         self.heads.module_mut(&name.to_string())
     }
 
+    /// The settings of head `name`: its kind and labels.
+    pub fn head_config(&self, name: &str) -> Option<&HeadConfig> {
+        self.heads.get(&name.to_string()).map(|(c, _)| c)
+    }
+
     /// Names of the heads, in the order added.
     pub fn head_names(&self) -> Vec<&str> {
         self.heads.keys().map(String::as_str).collect()
