@@ -156,7 +156,11 @@ fn rows(value: &Value) -> Vec<Vec<f32>> {
 /// A `/predict` answer for several texts as logits (or scores) in label order
 /// `negative, neutral, positive`.
 fn by_label(answer: &Value) -> Vec<Vec<f32>> {
-    let order = ["negative", "neutral", "positive"];
+    by_labels(answer, &["negative", "neutral", "positive"])
+}
+
+/// A `/predict` answer for several texts as scores in the label order `order`.
+fn by_labels(answer: &Value, order: &[&str]) -> Vec<Vec<f32>> {
     answer
         .as_array()
         .unwrap()
@@ -360,7 +364,8 @@ fn answers_match_adapterhub_and_the_cli() {
         "/predict",
         json!({"inputs": fused.texts, "setup": setup, "raw_scores": true}),
     );
-    assert_close("fusion", &by_label(&raw), &rows(&case.logits[0]), 1e-4);
+    let labels = by_labels(&raw, &["LABEL_0", "LABEL_1", "LABEL_2"]);
+    assert_close("fusion", &labels, &rows(&case.logits[0]), 1e-4);
     let map = server.ok(
         "/fusion_attention",
         json!({"inputs": fused.texts, "setup": setup}),
