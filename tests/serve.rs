@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 struct Server {
     child: Child,
     base: String,
+    /// Whatever the server printed on stdout after its first line.
+    rest: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl Server {
@@ -41,14 +43,11 @@ impl Server {
             .expect("start sinew serve");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
+        let rest = std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             let first = lines.next().map(|l| l.unwrap_or_default());
             let _ = tx.send(first);
-            // Anything more on stdout breaks the one-line promise.
-            for line in lines.map_while(Result::ok) {
-                panic!("sinew serve printed a second stdout line: {line}");
-            }
+            lines.map_while(Result::ok).collect()
         });
         let line = rx
             .recv_timeout(Duration::from_secs(300))
@@ -59,7 +58,11 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_string();
         assert!(base.starts_with("http://127.0.0.1:"), "{base}");
-        Self { child, base }
+        Self {
+            child,
+            base,
+            rest: Some(rest),
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -118,6 +121,18 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Anything more on stdout breaks the one-line promise (logs go to stderr).
+        let rest = self
+            .rest
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if !std::thread::panicking() {
+            assert!(
+                rest.is_empty(),
+                "sinew serve printed more on stdout: {rest:?}"
+            );
+        }
     }
 }
 
@@ -147,6 +162,20 @@ fn adapter_outputs() -> AdapterOutputs {
 
 fn adapter(name: &str) -> String {
     fixture_path("adapters").join(name).display().to_string()
+}
+
+/// `sinew serve`'s options for AdapterHub's fusion `Fuse(seq_a, seq_b)` and its adapters.
+fn fusion_args() -> Vec<String> {
+    let dir = fixture_path("fusion");
+    let path = |p: PathBuf| p.display().to_string();
+    vec![
+        "--adapter".into(),
+        path(dir.join("adapters").join("seq_a")),
+        "--adapter".into(),
+        path(dir.join("adapters").join("seq_b")),
+        "--fusion".into(),
+        path(dir.join("fusions").join("fuse_dynamic")),
+    ]
 }
 
 fn rows(value: &Value) -> Vec<Vec<f32>> {
@@ -214,26 +243,16 @@ fn softmax(row: &[f32]) -> Vec<f32> {
 fn answers_match_adapterhub_and_the_cli() {
     let golden = adapter_outputs();
     let fusion_dir = fixture_path("fusion");
-    let fa = |n: &str| fusion_dir.join("adapters").join(n).display().to_string();
-    let fusion = fusion_dir
-        .join("fusions")
-        .join("fuse_dynamic")
-        .display()
-        .to_string();
-    let server = Server::start(&[
-        "--adapter",
-        &adapter("seq_bn"),
-        "--adapter",
-        &adapter("lora"),
-        "--adapter",
-        &adapter("multilabel_head"),
-        "--adapter",
-        &fa("seq_a"),
-        "--adapter",
-        &fa("seq_b"),
-        "--fusion",
-        &fusion,
-    ]);
+    let mut args = vec![
+        "--adapter".to_string(),
+        adapter("seq_bn"),
+        "--adapter".into(),
+        adapter("lora"),
+        "--adapter".into(),
+        adapter("multilabel_head"),
+    ];
+    args.extend(fusion_args());
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     for name in ["seq_bn", "lora"] {
         let raw = server.ok(
             "/predict",
@@ -751,7 +770,7 @@ fn adapters_load_at_run_time_and_the_least_recently_used_unload() {
         ])
     );
     check(&server, "par_bn", "par_bn");
-    assert_eq!(loaded(&server)["seq_bn"], false);
+    assert!(!loaded(&server)["seq_bn"]);
     check(&server, "lora", "lora");
     check(&server, "seq_bn", "seq_bn");
     assert!(server.metrics().contains("sinew_adapters_loaded 2"));
@@ -873,21 +892,8 @@ fn the_page_predicts_and_draws_the_fusion_attention_in_chromium() {
         "{} is missing: install Debian's chromium and chromium-driver (.ci/run does)",
         driver_path.display()
     );
-    let fusion_dir = fixture_path("fusion");
-    let fa = |n: &str| fusion_dir.join("adapters").join(n).display().to_string();
-    let fusion = fusion_dir
-        .join("fusions")
-        .join("fuse_dynamic")
-        .display()
-        .to_string();
-    let server = Server::start(&[
-        "--adapter",
-        &fa("seq_a"),
-        "--adapter",
-        &fa("seq_b"),
-        "--fusion",
-        &fusion,
-    ]);
+    let args = fusion_args();
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let texts = ["The food was wonderful.", "Slow service, cold soup."];
     let setup = "Fuse(seq_a, seq_b)";
     let expected = server.ok("/predict", json!({"inputs": texts, "setup": setup}));
