@@ -676,6 +676,59 @@ fn a_full_queue_answers_429() {
     assert_eq!(first.join().unwrap(), 200);
 }
 
+/// Requests that arrive while the model is busy share its next pass, even past their
+/// `--max-wait-ms` deadline (left in the channel, they would run one pass each and a load that
+/// outpaces one pass would never batch again).
+#[test]
+fn requests_that_queue_while_the_model_is_busy_share_its_next_pass() {
+    let server = Server::start(&[
+        "--max-wait-ms",
+        "0",
+        "--max-batch-requests",
+        "256",
+        "--max-batch-tokens",
+        "65536",
+    ]);
+    let passes = || metric(&server.metrics(), "sinew_batch_texts_count");
+    let before = passes();
+    // 256 texts of ~100 tokens: a pass of seconds.
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(11);
+    let url = server.url("/embed");
+    let big = std::thread::spawn(move || {
+        ureq::post(&url)
+            .send_json(json!({"inputs": vec![long; 256]}))
+            .map(|r| r.status())
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let small: Vec<_> = (0..16)
+        .map(|i| {
+            let url = server.url("/embed");
+            std::thread::spawn(move || {
+                ureq::post(&url)
+                    .send_json(json!({"inputs": format!("text number {i}")}))
+                    .map(|r| r.status())
+                    .unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !big.is_finished(),
+        "the long pass ended before the small requests queued: nothing to test"
+    );
+    assert_eq!(big.join().unwrap(), 200);
+    for s in small {
+        assert_eq!(s.join().unwrap(), 200);
+    }
+    let taken = passes() - before;
+    assert!(
+        taken <= 3.0,
+        "16 requests queued behind one pass took {} passes of their own",
+        taken - 1.0
+    );
+}
+
 /// `--api-key` (or SINEW_API_KEY): the API needs `Authorization: Bearer KEY`; `/` and
 /// `/health` stay open.
 #[test]

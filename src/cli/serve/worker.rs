@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -397,6 +397,19 @@ impl<B: FusedOps> Worker<B> {
                 match commands.recv() {
                     Ok(c) => self.handle(c),
                     Err(_) => open = false,
+                }
+            }
+            // Everything sent while the model was busy joins first: those requests are past
+            // their deadline already, and leaving them in the channel would run them one pass
+            // each (a load that outpaces one pass would never batch again).
+            loop {
+                match commands.try_recv() {
+                    Ok(c) => self.handle(c),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
                 }
             }
             while open && !self.queue.is_empty() && !self.queue.full(&self.limits) {
